@@ -1,0 +1,53 @@
+// The tieralloc command-line tool.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "numa/topology.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: tieralloc COMMAND [options]\n"
+    "\n"
+    "commands:\n"
+    "  topology [--json] [--fsroot DIR]   memory tiers of this machine (or of a sysfs tree under DIR)\n"
+    "  help                               this text\n"
+    "\n"
+    "environment: TIERALLOC_FSROOT (sysfs root), TIERALLOC_TIERS (override: emulate:fast=1G,slow=4G or 0-1:dram;2-3:pmem)\n";
+
+int usage_error(const std::string& msg) {
+  std::fprintf(stderr, "tieralloc: %s\n\n%s", msg.c_str(), kUsage);
+  return 2;
+}
+
+int cmd_topology(const std::vector<std::string_view>& args) {
+  auto options = tieralloc::numa::options_from_env();
+  bool json = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--json") json = true;
+    else if (args[i] == "--fsroot" && i + 1 < args.size()) options.fsroot = args[++i];
+    else return usage_error("topology: unknown option '" + std::string(args[i]) + "'");
+  }
+  auto topo = tieralloc::numa::discover(options);
+  for (const auto& w : topo.warnings) std::fprintf(stderr, "tieralloc: warning: %s\n", w.c_str());
+  std::string out = json ? tieralloc::numa::format_json(topo) : tieralloc::numa::format_table(topo);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage_error("no command given");
+  std::string_view cmd = argv[1];
+  std::vector<std::string_view> args(argv + 2, argv + argc);
+  if (cmd == "topology") return cmd_topology(args);
+  if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  return usage_error("unknown command '" + std::string(cmd) + "'");
+}
