@@ -14,6 +14,29 @@ extern "C" {
 
 #define TIERALLOC_MAX_NODES_PER_TIER 64
 
+/* Flags for tieralloc_mallocx / tieralloc_reallocx, combined with |. */
+#define TIERALLOC_ZERO 0x1   /* zero the memory */
+#define TIERALLOC_HOT 0x2    /* hint: expected to be hot (placed on the fastest tier, falling back) */
+#define TIERALLOC_COLD 0x4   /* hint: expected to be cold (placed on the slowest tier, falling back) */
+#define TIERALLOC_STRICT 0x8 /* with TIERALLOC_TIER/HOT/COLD: fail with ENOMEM rather than use another tier */
+/* Power-of-two alignment; anything else makes the call fail with EINVAL. */
+#define TIERALLOC_ALIGN(a)                                                                      \
+  ((int)(((unsigned long long)(a) != 0 && ((unsigned long long)(a) & ((unsigned long long)(a) - 1)) == 0 && \
+          (unsigned long long)(a) <= (1ull << 40))                                              \
+             ? (unsigned)__builtin_ctzll((unsigned long long)(a)) << 4                          \
+             : 63u << 4))
+/* Place in tier t (0 = fastest); a tier out of range makes the call fail with EINVAL. */
+#define TIERALLOC_TIER(t) ((int)((((unsigned)(t)) < 0x7ffeu ? ((unsigned)(t) + 1u) : 0x7fffu) << 16))
+
+void *tieralloc_mallocx(size_t size, int flags);
+/* Resizes; with a tier (or hint) in flags the object moves to that tier if it is elsewhere.
+ * ptr == NULL acts as tieralloc_mallocx. A pointer tieralloc does not own: NULL, EINVAL. */
+void *tieralloc_reallocx(void *ptr, size_t size, int flags);
+/* NULL is a no-op. A pointer tieralloc does not own is reported on stderr and not freed. */
+void tieralloc_free(void *ptr);
+/* 0 (errno EINVAL) for NULL or a pointer tieralloc does not own. */
+size_t tieralloc_usable_size(const void *ptr);
+
 struct tieralloc_tier_info {
   int rank;                 /* 0 = fastest */
   char kind[16];            /* "dram", "hbm", "pmem", "cxl", "unknown" */
@@ -29,6 +52,17 @@ struct tieralloc_tier_info {
 int tieralloc_tier_count(void);
 /* Fills *out for tier rank `tier`; -1 + EINVAL for a tier out of range or out == NULL. */
 int tieralloc_tier_info(int tier, struct tieralloc_tier_info *out);
+/* Tier of the page holding addr now: the node it is on (real tiers) or the tier it was placed on
+ * (emulated tiers, or a page not touched yet). -1 + errno: EINVAL (NULL), ENOENT (not memory
+ * tieralloc manages and not resident), EFAULT (not mapped). */
+int tieralloc_tier_of(const void *addr);
+/* Migrates the pages covering [addr, addr+len) to tier; virtual addresses do not change. Pages
+ * tieralloc manages keep the new tier when refaulted. 0, or -1 + errno: EINVAL (bad tier or
+ * NULL), EBUSY (some pages could not move now; counted in stats), EFAULT. */
+int tieralloc_move(void *addr, size_t len, int tier);
+/* Statistics as JSON (per-tier bytes, budgets, fallbacks, moves) with snprintf semantics:
+ * returns the length of the whole document; writes at most len bytes including the NUL. */
+int tieralloc_stats_json(char *buf, size_t len);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,577 @@
+#include "alloc/heap.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+
+#define JEMALLOC_NO_DEMANGLE
+#include <jemalloc/jemalloc.h>
+
+#include "alloc/options.h"
+#include "alloc/pagemap.h"
+#include "alloc/process_topology.h"
+#include "os/fs.h"
+#include "os/memory.h"
+
+// jemalloc reads this at its initialisation (before MALLOC_CONF, which still overrides it).
+// oversize_threshold:0 turns off the dedicated huge arena, which jemalloc would create lazily
+// with default hooks and so outside every tier.
+extern "C" {
+extern __attribute__((visibility("default"))) const char* malloc_conf;
+const char* malloc_conf = "oversize_threshold:0";
+}
+
+namespace tieralloc::alloc {
+namespace {
+
+using numa::Topology;
+
+// Policy slots: 0 = automatic arenas (fill fast first); 1 + 2*tier + strict = explicit arenas.
+constexpr int kAutoSlot = 0;
+constexpr int kMaxSlots = 1 + 2 * kMaxTiers;
+constexpr unsigned kNoArena = ~0u;
+
+struct TierState {
+  int nnodes = 0;
+  int nodes[kMaxNodesPerTier] = {};
+  bool emulated = false;
+  uint64_t capacity = 0;
+  uint64_t limit = kNoLimit;
+  std::atomic<uint64_t> used{0};
+  std::atomic<uint64_t> peak{0};
+  std::atomic<uint64_t> extents{0};
+  std::atomic<uint64_t> fallbacks{0};
+  std::atomic<uint64_t> over_budget{0};
+};
+
+// The extent-hook table comes first so a hook can recover its policy from the pointer jemalloc
+// passes back: one table of functions, many policies.
+struct Policy {
+  extent_hooks_t hooks = {};
+  int slot = 0;
+  int tier = -1;        // preferred tier; -1 = fill fast first
+  bool strict = false;  // no fallback to other tiers
+  std::atomic<unsigned> arena{kNoArena};
+};
+
+struct Heap {
+  std::atomic<int> state{0};  // 0 = not started, 1 = initialising, 2 = ready
+  int ntiers = 0;
+  bool emulated = false;
+  TierState tiers[kMaxTiers];
+  Policy policies[kMaxSlots];
+  std::mutex arena_lock;  // creation of explicit arenas
+  pthread_key_t tcache_key = 0;
+  std::atomic<uint64_t> bind_failures{0};
+  std::atomic<uint64_t> move_calls{0}, moved_bytes{0}, move_failed_pages{0};
+  // Node id -> distance row, for picking the nearest node of a tier to the running CPU.
+  int cpu_node[1024] = {};
+  int ncpu_node = 0;
+};
+
+constinit Heap g_heap;
+
+// Per-thread tcache per explicit slot (id + 1; 0 = none yet). initial-exec: no __tls_get_addr,
+// which may itself call malloc, on the allocation path.
+__attribute__((tls_model("initial-exec"))) thread_local unsigned t_tcache[kMaxSlots];
+__attribute__((tls_model("initial-exec"))) thread_local bool t_tcache_key_set;
+
+uint64_t now_ns() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// Free memory per node, cached for 50 ms: reading sysfs for every extent would cost more than
+// the mapping itself, and a tier does not fill up in 50 ms of extents at jemalloc's sizes.
+struct FreeCache {
+  std::atomic<long long> bytes{-1};
+  std::atomic<uint64_t> stamp{0};
+};
+FreeCache g_free[1024];
+
+long long node_free(int node) {
+  if (node < 0 || node >= 1024) return -1;
+  FreeCache& c = g_free[node];
+  uint64_t t = now_ns();
+  if (t - c.stamp.load(std::memory_order_relaxed) > 50'000'000ull) {
+    c.bytes.store(os::node_free_bytes(node), std::memory_order_relaxed);
+    c.stamp.store(t, std::memory_order_relaxed);
+  }
+  return c.bytes.load(std::memory_order_relaxed);
+}
+
+// The node of tier t nearest to the CPU this thread runs on (the kernel's NUMA distance).
+int nearest_node(const TierState& t) {
+  if (t.nnodes == 1) return t.nodes[0];
+  int cpu = os::current_cpu();
+  int home = cpu >= 0 && cpu < g_heap.ncpu_node ? g_heap.cpu_node[cpu] : -1;
+  if (home < 0) return t.nodes[0];
+  const Topology& topo = process_topology();
+  const numa::Node* h = topo.node(home);
+  int best = t.nodes[0], best_d = 1 << 30;
+  for (int i = 0; i < t.nnodes; ++i) {
+    int d = h ? h->distance_to(t.nodes[i]) : -1;
+    if (d >= 0 && d < best_d) best = t.nodes[i], best_d = d;
+  }
+  return best;
+}
+
+// Reserves `size` bytes of tier t's budget. Real tiers also need the memory to exist: a tier
+// whose nearest node has less free memory than the request is full.
+bool reserve(int t, size_t size, int node) {
+  TierState& ts = g_heap.tiers[t];
+  uint64_t used = ts.used.load(std::memory_order_relaxed);
+  do {
+    if (ts.limit != kNoLimit && used + size > ts.limit) return false;
+  } while (!ts.used.compare_exchange_weak(used, used + size, std::memory_order_relaxed));
+  if (!ts.emulated) {
+    long long free = node_free(node);
+    if (free >= 0 && static_cast<unsigned long long>(free) < size) {
+      ts.used.fetch_sub(size, std::memory_order_relaxed);
+      return false;
+    }
+  }
+  return true;
+}
+
+// Chooses the tier for a new extent and reserves it; -1 when the policy allows none.
+int place(const Policy& p, size_t size, int* node) {
+  int n = g_heap.ntiers;
+  int order[kMaxTiers] = {}, count = 0;
+  if (p.tier < 0) {
+    for (int t = 0; t < n; ++t) order[count++] = t;
+  } else if (p.strict) {
+    order[count++] = p.tier;
+  } else {
+    // The requested tier, then slower ones, then faster ones: a cold request should not take
+    // the fast tier while slower memory is left.
+    for (int t = p.tier; t < n; ++t) order[count++] = t;
+    for (int t = p.tier - 1; t >= 0; --t) order[count++] = t;
+  }
+  int wanted = order[0];
+  for (int i = 0; i < count; ++i) {
+    int t = order[i];
+    *node = nearest_node(g_heap.tiers[t]);
+    if (reserve(t, size, *node)) {
+      if (t != wanted) g_heap.tiers[wanted].fallbacks.fetch_add(1, std::memory_order_relaxed);
+      return t;
+    }
+  }
+  if (p.strict) return -1;
+  // Budgets are ours, not the machine's: a plain allocation never fails because of them. It goes
+  // to the slowest tier, counted, and fails only if the kernel has no memory at all.
+  int t = n - 1;
+  *node = nearest_node(g_heap.tiers[t]);
+  g_heap.tiers[t].used.fetch_add(size, std::memory_order_relaxed);
+  g_heap.tiers[t].over_budget.fetch_add(size, std::memory_order_relaxed);
+  g_heap.tiers[wanted].fallbacks.fetch_add(1, std::memory_order_relaxed);
+  return t;
+}
+
+// Subtracts the managed pages of [addr, addr+size) from their tiers' usage and clears them.
+void release_range(uintptr_t addr, size_t size) {
+  PageMap& map = page_map();
+  uint64_t per_tier[kMaxTiers] = {};
+  for (uintptr_t p = addr; p < addr + size; p += os::kPageSize) {
+    PageEntry e = map.get(p);
+    if (e.tier < kMaxTiers) per_tier[e.tier] += os::kPageSize;
+  }
+  map.clear(addr, size);
+  for (int t = 0; t < kMaxTiers; ++t)
+    if (per_tier[t]) g_heap.tiers[t].used.fetch_sub(per_tier[t], std::memory_order_relaxed);
+}
+
+void* hook_alloc(extent_hooks_t* hooks, void* new_addr, size_t size, size_t alignment, bool* zero, bool* commit,
+                 unsigned /*arena_ind*/) {
+  const Policy& p = *reinterpret_cast<Policy*>(hooks);
+  int node = 0;
+  int t = place(p, size, &node);
+  if (t < 0) return nullptr;
+  void* addr = os::map_anonymous(size, alignment, new_addr);
+  if (!addr) {
+    g_heap.tiers[t].used.fetch_sub(size, std::memory_order_relaxed);
+    return nullptr;
+  }
+  TierState& ts = g_heap.tiers[t];
+  // Emulated tiers share real nodes: binding to the tier's nodes is still right. A bind failure
+  // (a node named by a TIERALLOC_FSROOT tree that this machine lacks) leaves the memory usable
+  // under the default policy; it is counted, not fatal.
+  int rc = p.strict ? os::bind(addr, size, &node, 1, os::BindMode::kBind)
+                    : os::bind(addr, size, &node, 1, os::BindMode::kPreferred);
+  if (rc != 0) g_heap.bind_failures.fetch_add(1, std::memory_order_relaxed);
+  if (!page_map().set(reinterpret_cast<uintptr_t>(addr), size, static_cast<uint8_t>(t), static_cast<uint16_t>(node),
+                      static_cast<uint8_t>(p.slot))) {
+    os::unmap(addr, size);
+    ts.used.fetch_sub(size, std::memory_order_relaxed);
+    return nullptr;
+  }
+  ts.extents.fetch_add(1, std::memory_order_relaxed);
+  uint64_t used = ts.used.load(std::memory_order_relaxed), peak = ts.peak.load(std::memory_order_relaxed);
+  while (used > peak && !ts.peak.compare_exchange_weak(peak, used, std::memory_order_relaxed)) {
+  }
+  *zero = true;
+  *commit = true;
+  return addr;
+}
+
+bool hook_dalloc(extent_hooks_t*, void* addr, size_t size, bool, unsigned) {
+  release_range(reinterpret_cast<uintptr_t>(addr), size);
+  os::unmap(addr, size);
+  return false;
+}
+
+void hook_destroy(extent_hooks_t* h, void* addr, size_t size, bool committed, unsigned arena) {
+  hook_dalloc(h, addr, size, committed, arena);
+}
+
+bool hook_purge_forced(extent_hooks_t*, void* addr, size_t, size_t offset, size_t length, unsigned) {
+  // The range keeps its NUMA policy: the next touch faults in on the same tier.
+  return !os::discard(static_cast<char*>(addr) + offset, length);
+}
+
+bool hook_split(extent_hooks_t*, void*, size_t, size_t, size_t, bool, unsigned) { return false; }
+
+bool hook_merge(extent_hooks_t*, void* a, size_t, void* b, size_t, bool, unsigned) {
+  // Extents of different tiers or policies stay apart, so one extent is one tier.
+  PageEntry ea = page_map().get(reinterpret_cast<uintptr_t>(a));
+  PageEntry eb = page_map().get(reinterpret_cast<uintptr_t>(b));
+  return ea.tier != eb.tier || ea.owner != eb.owner || ea.node != eb.node;
+}
+
+void init_policy(Policy& p, int slot, int tier, bool strict) {
+  p.hooks = extent_hooks_t{hook_alloc, hook_dalloc, hook_destroy, nullptr, nullptr,
+                           nullptr,    hook_purge_forced, hook_split, hook_merge};
+  p.slot = slot;
+  p.tier = tier;
+  p.strict = strict;
+}
+
+int slot_for(int tier, bool strict) { return 1 + 2 * tier + (strict ? 1 : 0); }
+
+void destroy_thread_tcaches(void*) {
+  for (int s = 0; s < kMaxSlots; ++s)
+    if (unsigned id = t_tcache[s]) {
+      unsigned tc = id - 1;
+      mallctl("tcache.destroy", nullptr, nullptr, &tc, sizeof tc);
+      t_tcache[s] = 0;
+    }
+}
+
+// Arena of an explicit slot, created on first use.
+unsigned arena_for(int slot) {
+  Policy& p = g_heap.policies[slot];
+  unsigned a = p.arena.load(std::memory_order_acquire);
+  if (a != kNoArena) return a;
+  std::lock_guard<std::mutex> g(g_heap.arena_lock);
+  a = p.arena.load(std::memory_order_relaxed);
+  if (a != kNoArena) return a;
+  extent_hooks_t* hooks = &p.hooks;
+  size_t sz = sizeof a;
+  if (mallctl("arenas.create", &a, &sz, &hooks, sizeof hooks) != 0) return kNoArena;
+  p.arena.store(a, std::memory_order_release);
+  return a;
+}
+
+int tcache_flag(int slot) {
+  unsigned id = t_tcache[slot];
+  if (!id) {
+    unsigned tc;
+    size_t sz = sizeof tc;
+    // jemalloc allows a few thousand explicit tcaches in all; past that, no cache (slower,
+    // still correct).
+    if (mallctl("tcache.create", &tc, &sz, nullptr, 0) != 0) return MALLOCX_TCACHE_NONE;
+    t_tcache[slot] = id = tc + 1;
+    if (!t_tcache_key_set) {
+      pthread_setspecific(g_heap.tcache_key, reinterpret_cast<void*>(1));
+      t_tcache_key_set = true;
+    }
+  }
+  return MALLOCX_TCACHE(id - 1);
+}
+
+int jemalloc_flags(const Request& r, int* slot_out) {
+  int flags = 0;
+  if (r.zero) flags |= MALLOCX_ZERO;
+  if (r.alignment) flags |= MALLOCX_ALIGN(r.alignment);
+  *slot_out = kAutoSlot;
+  if (r.tier >= 0) {
+    int slot = slot_for(r.tier, r.strict);
+    unsigned arena = arena_for(slot);
+    if (arena == kNoArena) return -1;
+    flags |= MALLOCX_ARENA(arena) | tcache_flag(slot);
+    *slot_out = slot;
+  }
+  return flags;
+}
+
+void atfork_prepare() { g_heap.arena_lock.lock(); }
+void atfork_parent() { g_heap.arena_lock.unlock(); }
+void atfork_child() {
+  // The child has one thread; the lock may have been held by another thread of the parent.
+  new (&g_heap.arena_lock) std::mutex();
+}
+
+void do_init() {
+  const Topology& topo = process_topology();
+  std::vector<std::string> warnings;
+  Options opts = options_from_env(warnings);
+  for (const auto& w : warnings) warn(w);
+
+  Heap& h = g_heap;
+  h.emulated = topo.emulated;
+  h.ntiers = std::min<int>(static_cast<int>(topo.tiers.size()), kMaxTiers);
+  if (static_cast<int>(topo.tiers.size()) > kMaxTiers)
+    warn("more than " + std::to_string(kMaxTiers) + " tiers; the slowest are not used");
+  for (int t = 0; t < h.ntiers; ++t) {
+    const numa::Tier& src = topo.tiers[static_cast<size_t>(t)];
+    TierState& ts = h.tiers[t];
+    ts.emulated = src.emulated;
+    ts.capacity = src.capacity_bytes;
+    for (int id : src.nodes)
+      if (ts.nnodes < kMaxNodesPerTier) ts.nodes[ts.nnodes++] = id;
+    // Emulated tiers have no memory of their own to run out of: their size is their budget.
+    ts.limit = src.emulated ? src.capacity_bytes : kNoLimit;
+  }
+  if (h.ntiers > 0 && (opts.fast_limit_bytes || opts.fast_limit_percent > 0)) {
+    uint64_t lim = opts.fast_limit_bytes
+                       ? opts.fast_limit_bytes
+                       : static_cast<uint64_t>(static_cast<double>(h.tiers[0].capacity) * opts.fast_limit_percent / 100.0);
+    h.tiers[0].limit = std::min(h.tiers[0].limit, lim);
+  }
+  for (const auto& n : topo.nodes)
+    for (int cpu : n.cpus)
+      if (cpu >= 0 && cpu < 1024) h.cpu_node[cpu] = n.id, h.ncpu_node = std::max(h.ncpu_node, cpu + 1);
+
+  init_policy(h.policies[kAutoSlot], kAutoSlot, -1, false);
+  for (int t = 0; t < h.ntiers; ++t)
+    for (bool strict : {false, true}) init_policy(h.policies[slot_for(t, strict)], slot_for(t, strict), t, strict);
+  pthread_key_create(&h.tcache_key, destroy_thread_tcaches);
+  pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+
+  // Every automatic arena gets the fill-fast-first hooks now: jemalloc would otherwise create
+  // arenas 1..n-1 lazily with its default hooks, and their memory would escape the tiers.
+  unsigned narenas = 0;
+  size_t sz = sizeof narenas;
+  mallctl("opt.narenas", &narenas, &sz, nullptr, 0);
+  extent_hooks_t* hooks = &h.policies[kAutoSlot].hooks;
+  for (unsigned i = 0; i < narenas; ++i) {
+    char name[64];
+    snprintf(name, sizeof name, "arena.%u.extent_hooks", i);
+    if (mallctl(name, nullptr, nullptr, &hooks, sizeof hooks) != 0) warn(std::string("cannot set ") + name);
+  }
+}
+
+}  // namespace
+
+void heap_init() {
+  int expected = 0;
+  if (g_heap.state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+    do_init();
+    g_heap.state.store(2, std::memory_order_release);
+    return;
+  }
+  // Another thread is initialising: wait for it (the constructor runs before threads exist, so
+  // this only happens when two threads race to a lazy first call).
+  while (g_heap.state.load(std::memory_order_acquire) != 2) sched_yield();
+}
+
+bool heap_ready() { return g_heap.state.load(std::memory_order_acquire) == 2; }
+
+void* heap_alloc(size_t size, const Request& req) {
+  int slot;
+  int flags = jemalloc_flags(req, &slot);
+  if (flags < 0) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  // mallocx(0) is undefined in jemalloc; malloc(0) semantics (a unique pointer) are wanted.
+  void* p = mallocx(size ? size : 1, flags);
+  if (!p) errno = ENOMEM;
+  return p;
+}
+
+void* heap_realloc(void* ptr, size_t size, const Request& req) {
+  if (!ptr) return heap_alloc(size, req);
+  PageEntry e = page_map().get(reinterpret_cast<uintptr_t>(ptr));
+  if (e.tier == PageEntry::kUnmanaged) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  int slot;
+  int flags = jemalloc_flags(req, &slot);
+  if (flags < 0) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  size = size ? size : 1;
+  // rallocx may resize in place, which keeps the old arena and so the old tier: when the caller
+  // names a tier the object is not on, move it by copy.
+  if (req.tier >= 0 && (e.tier != req.tier || e.owner != slot)) {
+    void* q = mallocx(size, flags);
+    if (!q) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+    size_t old = sallocx(ptr, 0);
+    std::memcpy(q, ptr, std::min(old, size));
+    heap_free(ptr);
+    return q;
+  }
+  void* q = rallocx(ptr, size, flags);
+  if (!q) errno = ENOMEM;
+  return q;
+}
+
+bool heap_free(void* ptr) {
+  PageEntry e = page_map().get(reinterpret_cast<uintptr_t>(ptr));
+  if (e.tier == PageEntry::kUnmanaged) return false;
+  // Back to the cache of the arena it came from, so explicit-tier memory is not recycled into
+  // plain allocations by the thread's default cache.
+  if (e.owner != kAutoSlot && e.owner < kMaxSlots && t_tcache[e.owner]) dallocx(ptr, MALLOCX_TCACHE(t_tcache[e.owner] - 1));
+  else if (e.owner != kAutoSlot) dallocx(ptr, MALLOCX_TCACHE_NONE);
+  else dallocx(ptr, 0);
+  return true;
+}
+
+size_t heap_usable_size(const void* ptr) {
+  if (!page_map().managed(reinterpret_cast<uintptr_t>(ptr))) return 0;
+  return sallocx(const_cast<void*>(ptr), 0);
+}
+
+int heap_tier_count() { return g_heap.ntiers; }
+
+TierCounters heap_tier_counters(int t) {
+  const TierState& ts = g_heap.tiers[t];
+  return TierCounters{ts.used.load(std::memory_order_relaxed), ts.peak.load(std::memory_order_relaxed), ts.limit, ts.extents.load(std::memory_order_relaxed),
+                      ts.fallbacks.load(std::memory_order_relaxed), ts.over_budget.load(std::memory_order_relaxed)};
+}
+
+MoveCounters heap_move_counters() {
+  return MoveCounters{g_heap.move_calls.load(std::memory_order_relaxed), g_heap.moved_bytes.load(std::memory_order_relaxed),
+                      g_heap.move_failed_pages.load(std::memory_order_relaxed)};
+}
+
+int heap_tier_of(const void* addr) {
+  PageEntry e = page_map().get(reinterpret_cast<uintptr_t>(addr));
+  if (g_heap.emulated) return e.tier == PageEntry::kUnmanaged ? -ENOENT : e.tier;
+  int node = os::node_of(addr);
+  if (node >= 0) {
+    int t = process_topology().tier_of_node(node);
+    if (t >= 0 && t < g_heap.ntiers) return t;
+  } else if (node != -ENOENT) {
+    return node;  // -EFAULT: not mapped at all
+  }
+  // Not faulted in yet (or on a node outside the tiers): the tier it is bound to.
+  return e.tier == PageEntry::kUnmanaged ? -ENOENT : e.tier;
+}
+
+int heap_move(void* addr, size_t len, int tier) {
+  uintptr_t start = reinterpret_cast<uintptr_t>(addr) & ~(os::kPageSize - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(addr) + len + os::kPageSize - 1) & ~(os::kPageSize - 1);
+  g_heap.move_calls.fetch_add(1, std::memory_order_relaxed);
+  TierState& dst = g_heap.tiers[tier];
+  int node = nearest_node(dst);
+  PageMap& map = page_map();
+  size_t failed = 0, moved = 0;
+  constexpr size_t kBatch = 256;
+  void* pages[kBatch];
+  int nodes[kBatch], status[kBatch];
+  // Runs of managed pages are rebound (mbind + MOVE), so memory jemalloc purges and refaults
+  // later stays on the new tier; pages tieralloc does not manage are only migrated.
+  for (uintptr_t p = start; p < end;) {
+    PageEntry e = map.get(p);
+    uintptr_t run_end = p + os::kPageSize;
+    bool managed = e.tier != PageEntry::kUnmanaged;
+    while (run_end < end && map.managed(run_end) == managed) run_end += os::kPageSize;
+    size_t bytes = run_end - p;
+    if (managed) {
+      uint64_t per_tier[kMaxTiers] = {};
+      for (uintptr_t q = p; q < run_end; q += os::kPageSize)
+        if (PageEntry pe = map.get(q); pe.tier < kMaxTiers) per_tier[pe.tier] += os::kPageSize;
+      if (!g_heap.emulated) {
+        int rc = os::bind(reinterpret_cast<void*>(p), bytes, &node, 1, os::BindMode::kPreferred, true);
+        if (rc == -EFAULT) return -EFAULT;
+      }
+      map.retier(p, bytes, static_cast<uint8_t>(tier), static_cast<uint16_t>(node));
+      for (int t = 0; t < kMaxTiers; ++t)
+        if (per_tier[t] && t != tier) {
+          g_heap.tiers[t].used.fetch_sub(per_tier[t], std::memory_order_relaxed);
+          dst.used.fetch_add(per_tier[t], std::memory_order_relaxed);
+        }
+    }
+    // Check (or, for unmanaged pages, perform) the move page by page with move_pages.
+    if (!g_heap.emulated) {
+      for (uintptr_t q = p; q < run_end;) {
+        size_t n = 0;
+        for (; n < kBatch && q < run_end; ++n, q += os::kPageSize) pages[n] = reinterpret_cast<void*>(q), nodes[n] = node;
+        long rc = os::move_pages(n, pages, managed ? nullptr : nodes, status);
+        if (rc < 0 && rc != -ENOENT) return static_cast<int>(rc);
+        for (size_t i = 0; i < n; ++i) {
+          if (status[i] == node) moved += os::kPageSize;
+          else if (status[i] != -ENOENT) ++failed;  // not faulted in: nothing to move, policy set
+        }
+      }
+    } else if (managed) {
+      moved += bytes;
+    }
+    p = run_end;
+  }
+  g_heap.moved_bytes.fetch_add(moved, std::memory_order_relaxed);
+  g_heap.move_failed_pages.fetch_add(failed, std::memory_order_relaxed);
+  return failed ? -EBUSY : 0;
+}
+
+void heap_jemalloc_stats(uint64_t* allocated, uint64_t* resident) {
+  uint64_t epoch = 1;
+  size_t sz = sizeof epoch;
+  mallctl("epoch", &epoch, &sz, &epoch, sz);
+  size_t a = 0, r = 0;
+  sz = sizeof a;
+  mallctl("stats.allocated", &a, &sz, nullptr, 0);
+  mallctl("stats.resident", &r, &sz, nullptr, 0);
+  *allocated = a;
+  *resident = r;
+}
+
+std::string heap_stats_json() {
+  const Topology& topo = process_topology();
+  std::string o = "{\"emulated\": ";
+  o += g_heap.emulated ? "true" : "false";
+  o += ", \"tiers\": [";
+  uint64_t fallbacks = 0;
+  for (int t = 0; t < g_heap.ntiers; ++t) {
+    TierCounters c = heap_tier_counters(t);
+    fallbacks += c.fallbacks;
+    char buf[512];
+    snprintf(buf, sizeof buf,
+             "%s{\"rank\": %d, \"kind\": \"%s\", \"nodes\": \"%s\", \"used_bytes\": %llu, \"limit_bytes\": %s, "
+             "\"extents\": %llu, \"fallbacks\": %llu, \"over_budget_bytes\": %llu}",
+             t ? ", " : "", t, numa::kind_name(topo.tiers[static_cast<size_t>(t)].kind),
+             os::format_list(topo.tiers[static_cast<size_t>(t)].nodes).c_str(), static_cast<unsigned long long>(c.used_bytes),
+             c.limit_bytes == kNoLimit ? "null" : std::to_string(c.limit_bytes).c_str(),
+             static_cast<unsigned long long>(c.extents), static_cast<unsigned long long>(c.fallbacks),
+             static_cast<unsigned long long>(c.over_budget_bytes));
+    o += buf;
+  }
+  MoveCounters m = heap_move_counters();
+  uint64_t allocated, resident;
+  heap_jemalloc_stats(&allocated, &resident);
+  char buf[512];
+  snprintf(buf, sizeof buf,
+           "], \"fallbacks\": %llu, \"moves\": {\"calls\": %llu, \"bytes\": %llu, \"pages_failed\": %llu}, "
+           "\"bind_failures\": %llu, \"pagemap_bytes\": %zu, \"jemalloc\": {\"allocated\": %llu, \"resident\": %llu}}",
+           static_cast<unsigned long long>(fallbacks), static_cast<unsigned long long>(m.calls),
+           static_cast<unsigned long long>(m.bytes_moved), static_cast<unsigned long long>(m.pages_failed),
+           static_cast<unsigned long long>(g_heap.bind_failures.load()), page_map().metadata_bytes(),
+           static_cast<unsigned long long>(allocated), static_cast<unsigned long long>(resident));
+  o += buf;
+  return o;
+}
+
+}  // namespace tieralloc::alloc

@@ -1,0 +1,68 @@
+// The tier-aware heap on jemalloc. jemalloc (Debian's libjemalloc_pic.a) is linked into
+// libtieralloc.so and exports the malloc family itself, so plain malloc/free run jemalloc's own
+// fast path untouched; tieralloc lives in jemalloc's extent hooks, which decide where every new
+// extent of memory is mapped, bind it to a tier's node, and record it in the page map.
+//
+// Arenas: the automatic arenas serve plain malloc/new with the fill-fast-first policy (the fastest
+// tier with budget left, then the next); one arena per (tier, strict) serves explicit requests,
+// each thread with its own tcache per such arena, because jemalloc's thread cache is shared
+// across arenas and would otherwise hand a tier-1 object to a tier-0 request.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace tieralloc::alloc {
+
+constexpr int kMaxTiers = 8;
+constexpr int kMaxNodesPerTier = 16;
+constexpr uint64_t kNoLimit = UINT64_MAX;
+
+struct TierCounters {
+  uint64_t used_bytes;        // address space mapped on the tier and held by jemalloc
+  uint64_t peak_bytes;        // highest used_bytes seen
+  uint64_t limit_bytes;       // this process's budget on the tier (kNoLimit: none)
+  uint64_t extents;           // extents placed here over the process's life
+  uint64_t fallbacks;         // extents that wanted this tier but were placed on another
+  uint64_t over_budget_bytes; // default allocations placed past every budget (never failed)
+};
+
+struct MoveCounters {
+  uint64_t calls, bytes_moved, pages_failed;
+};
+
+// Allocation request, decoded from TIERALLOC_* flags.
+struct Request {
+  int tier = -1;        // -1: default placement
+  bool strict = false;
+  bool zero = false;
+  size_t alignment = 0;  // 0: natural
+};
+
+// Initialises once: reads the topology and options, installs the extent hooks on every automatic
+// arena. Called from the library constructor and lazily by every API entry point.
+void heap_init();
+bool heap_ready();
+
+void* heap_alloc(size_t size, const Request& req);
+void* heap_realloc(void* ptr, size_t size, const Request& req);
+// Returns false (and frees nothing) when ptr is not memory tieralloc manages.
+bool heap_free(void* ptr);
+size_t heap_usable_size(const void* ptr);
+
+int heap_tier_count();
+TierCounters heap_tier_counters(int tier);
+MoveCounters heap_move_counters();
+// Tier of the page at addr now (real node when the topology is real), -errno on failure.
+int heap_tier_of(const void* addr);
+// Moves the pages covering [addr, addr+len) to tier; 0 or -errno.
+int heap_move(void* addr, size_t len, int tier);
+
+// jemalloc's figures: allocated and resident bytes (after refreshing its epoch).
+void heap_jemalloc_stats(uint64_t* allocated, uint64_t* resident);
+// Statistics document (JSON) as served by tieralloc_stats_json.
+std::string heap_stats_json();
+
+}  // namespace tieralloc::alloc

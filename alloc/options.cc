@@ -1,0 +1,44 @@
+#include "alloc/options.h"
+
+#include <cstdlib>
+
+#include "os/fs.h"
+
+namespace tieralloc::alloc {
+
+const std::vector<OptionDoc>& option_docs() {
+  static const std::vector<OptionDoc> docs = {
+      {"TIERALLOC_FSROOT", "DIR", "folder standing in for / for every /sys and /proc read (default /)"},
+      {"TIERALLOC_TIERS", "SPEC",
+       "override discovery: emulate:fast=1G,slow=4G (logical tiers carved from the fastest nodes, "
+       "flagged EMULATED) or 0-1:dram;2-3:pmem (node lists per tier, fastest first)"},
+      {"TIERALLOC_FAST_LIMIT", "SIZE|N%",
+       "this process's budget on tier 0 (K/M/G/T suffixes, or percent of the tier's capacity); plain "
+       "allocations spill to the next tier past it (default: the tier's free memory)"},
+      {"TIERALLOC_STATS", "stderr|PATH", "write per-tier statistics (JSON) at exit"},
+  };
+  return docs;
+}
+
+Options options_from_env(std::vector<std::string>& warnings) {
+  Options o;
+  if (const char* v = secure_getenv("TIERALLOC_FAST_LIMIT"); v && *v) {
+    std::string_view s = os::trim(v);
+    bool ok = false;
+    if (!s.empty() && s.back() == '%') {
+      auto pct = os::parse_size(s.substr(0, s.size() - 1));  // digits only: no suffix before '%'
+      bool digits = s.size() > 1 && s.substr(0, s.size() - 1).find_first_not_of("0123456789.") == std::string_view::npos;
+      if (pct && digits && *pct >= 1 && *pct <= 100) o.fast_limit_percent = static_cast<double>(*pct), ok = true;
+    } else if (auto bytes = os::parse_size(s); bytes && *bytes > 0) {
+      o.fast_limit_bytes = *bytes;
+      ok = true;
+    }
+    if (!ok)
+      warnings.push_back("TIERALLOC_FAST_LIMIT='" + std::string(v) +
+                         "' is not a size (like 512M or 2G) or a percentage from 1% to 100%; no fast-tier budget is applied");
+  }
+  if (const char* v = secure_getenv("TIERALLOC_STATS"); v && *v) o.stats = v;
+  return o;
+}
+
+}  // namespace tieralloc::alloc

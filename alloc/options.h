@@ -1,0 +1,32 @@
+// Run-time options, all from the environment, all in one table (alloc/options.cc) from which the
+// parser, `tieralloc help` and the README's table are kept. A malformed value is reported once on
+// stderr, naming the variable, and the option keeps its safe default.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tieralloc::alloc {
+
+struct Options {
+  // TIERALLOC_FAST_LIMIT: budget on tier 0, in bytes, or percent of its capacity when
+  // fast_limit_percent > 0. 0 = none beyond the tier's free memory.
+  uint64_t fast_limit_bytes = 0;
+  double fast_limit_percent = 0;
+  // TIERALLOC_STATS: "" (off), "stderr", or a file path; statistics written at exit.
+  std::string stats;
+};
+
+struct OptionDoc {
+  const char* name;
+  const char* value;
+  const char* description;
+};
+// TIERALLOC_FSROOT and TIERALLOC_TIERS are read by numa/ but documented here with the rest.
+const std::vector<OptionDoc>& option_docs();
+
+// Parses the environment; warnings (one per bad variable) are appended to `warnings`.
+Options options_from_env(std::vector<std::string>& warnings);
+
+}  // namespace tieralloc::alloc
