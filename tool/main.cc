@@ -5,6 +5,7 @@
 #include <string_view>
 #include <vector>
 
+#include "numa/hwloc_view.h"
 #include "numa/topology.h"
 
 namespace {
@@ -32,6 +33,7 @@ int cmd_topology(const std::vector<std::string_view>& args) {
     else return usage_error("topology: unknown option '" + std::string(args[i]) + "'");
   }
   auto topo = tieralloc::numa::discover(options);
+  tieralloc::numa::add_hwloc_evidence(topo);
   for (const auto& w : topo.warnings) std::fprintf(stderr, "tieralloc: warning: %s\n", w.c_str());
   std::string out = json ? tieralloc::numa::format_json(topo) : tieralloc::numa::format_table(topo);
   std::fwrite(out.data(), 1, out.size(), stdout);
