@@ -18,13 +18,6 @@
 #include "os/fs.h"
 #include "os/memory.h"
 
-// jemalloc reads this at its initialisation (before MALLOC_CONF, which still overrides it).
-// oversize_threshold:0 turns off the dedicated huge arena, which jemalloc would create lazily
-// with default hooks and so outside every tier.
-extern "C" {
-extern __attribute__((visibility("default"))) const char* malloc_conf;
-const char* malloc_conf = "oversize_threshold:0";
-}
 
 namespace tieralloc::alloc {
 namespace {
@@ -61,7 +54,7 @@ struct Policy {
 
 struct Heap {
   std::atomic<int> state{0};  // 0 = not started, 1 = initialising, 2 = ready
-  int ntiers = 0;
+  std::atomic<int> ntiers{0};  // 0 during bootstrap
   bool emulated = false;
   TierState tiers[kMaxTiers];
   Policy policies[kMaxSlots];
@@ -142,7 +135,15 @@ bool reserve(int t, size_t size, int node) {
 
 // Chooses the tier for a new extent and reserves it; -1 when the policy allows none.
 int place(const Policy& p, size_t size, int* node) {
-  int n = g_heap.ntiers;
+  int n = g_heap.ntiers.load(std::memory_order_acquire);
+  if (n == 0) {
+    // Bootstrap: the hooks are installed before the topology is read (reading it allocates).
+    // These few extents take the default NUMA policy, the node of the initialising CPU, and are
+    // counted on tier 0.
+    *node = -1;
+    g_heap.tiers[0].used.fetch_add(size, std::memory_order_relaxed);
+    return 0;
+  }
   int order[kMaxTiers] = {}, count = 0;
   if (p.tier < 0) {
     for (int t = 0; t < n; ++t) order[count++] = t;
@@ -187,24 +188,25 @@ void release_range(uintptr_t addr, size_t size) {
     if (per_tier[t]) g_heap.tiers[t].used.fetch_sub(per_tier[t], std::memory_order_relaxed);
 }
 
-void* hook_alloc(extent_hooks_t* hooks, void* new_addr, size_t size, size_t alignment, bool* zero, bool* commit,
-                 unsigned /*arena_ind*/) {
-  const Policy& p = *reinterpret_cast<Policy*>(hooks);
+// Places and maps an extent for policy p: the one path every tieralloc-owned mapping takes.
+void* map_extent(const Policy& p, void* new_addr, size_t size, size_t alignment) {
   int node = 0;
   int t = place(p, size, &node);
   if (t < 0) return nullptr;
+  TierState& ts = g_heap.tiers[t];
   void* addr = os::map_anonymous(size, alignment, new_addr);
   if (!addr) {
-    g_heap.tiers[t].used.fetch_sub(size, std::memory_order_relaxed);
+    ts.used.fetch_sub(size, std::memory_order_relaxed);
     return nullptr;
   }
-  TierState& ts = g_heap.tiers[t];
   // Emulated tiers share real nodes: binding to the tier's nodes is still right. A bind failure
   // (a node named by a TIERALLOC_FSROOT tree that this machine lacks) leaves the memory usable
   // under the default policy; it is counted, not fatal.
-  int rc = p.strict ? os::bind(addr, size, &node, 1, os::BindMode::kBind)
-                    : os::bind(addr, size, &node, 1, os::BindMode::kPreferred);
-  if (rc != 0) g_heap.bind_failures.fetch_add(1, std::memory_order_relaxed);
+  if (node >= 0) {
+    int rc = p.strict ? os::bind(addr, size, &node, 1, os::BindMode::kBind)
+                      : os::bind(addr, size, &node, 1, os::BindMode::kPreferred);
+    if (rc != 0) g_heap.bind_failures.fetch_add(1, std::memory_order_relaxed);
+  }
   if (!page_map().set(reinterpret_cast<uintptr_t>(addr), size, static_cast<uint8_t>(t), static_cast<uint16_t>(node),
                       static_cast<uint8_t>(p.slot))) {
     os::unmap(addr, size);
@@ -215,14 +217,29 @@ void* hook_alloc(extent_hooks_t* hooks, void* new_addr, size_t size, size_t alig
   uint64_t used = ts.used.load(std::memory_order_relaxed), peak = ts.peak.load(std::memory_order_relaxed);
   while (used > peak && !ts.peak.compare_exchange_weak(peak, used, std::memory_order_relaxed)) {
   }
-  *zero = true;
-  *commit = true;
+  return addr;
+}
+
+void unmap_extent(void* addr, size_t size) {
+  release_range(reinterpret_cast<uintptr_t>(addr), size);
+  os::unmap(addr, size);
+}
+
+bool tiers_differ(const void* a, const void* b) {
+  PageEntry ea = page_map().get(reinterpret_cast<uintptr_t>(a));
+  PageEntry eb = page_map().get(reinterpret_cast<uintptr_t>(b));
+  return ea.tier != eb.tier || ea.owner != eb.owner || ea.node != eb.node;
+}
+
+void* hook_alloc(extent_hooks_t* hooks, void* new_addr, size_t size, size_t alignment, bool* zero, bool* commit,
+                 unsigned /*arena_ind*/) {
+  void* addr = map_extent(*reinterpret_cast<Policy*>(hooks), new_addr, size, alignment);
+  if (addr) *zero = *commit = true;
   return addr;
 }
 
 bool hook_dalloc(extent_hooks_t*, void* addr, size_t size, bool, unsigned) {
-  release_range(reinterpret_cast<uintptr_t>(addr), size);
-  os::unmap(addr, size);
+  unmap_extent(addr, size);
   return false;
 }
 
@@ -237,12 +254,8 @@ bool hook_purge_forced(extent_hooks_t*, void* addr, size_t, size_t offset, size_
 
 bool hook_split(extent_hooks_t*, void*, size_t, size_t, size_t, bool, unsigned) { return false; }
 
-bool hook_merge(extent_hooks_t*, void* a, size_t, void* b, size_t, bool, unsigned) {
-  // Extents of different tiers or policies stay apart, so one extent is one tier.
-  PageEntry ea = page_map().get(reinterpret_cast<uintptr_t>(a));
-  PageEntry eb = page_map().get(reinterpret_cast<uintptr_t>(b));
-  return ea.tier != eb.tier || ea.owner != eb.owner || ea.node != eb.node;
-}
+// Extents of different tiers or policies stay apart, so one extent is one tier.
+bool hook_merge(extent_hooks_t*, void* a, size_t, void* b, size_t, bool, unsigned) { return tiers_differ(a, b); }
 
 void init_policy(Policy& p, int slot, int tier, bool strict) {
   p.hooks = extent_hooks_t{hook_alloc, hook_dalloc, hook_destroy, nullptr, nullptr,
@@ -325,10 +338,10 @@ void do_init() {
 
   Heap& h = g_heap;
   h.emulated = topo.emulated;
-  h.ntiers = std::min<int>(static_cast<int>(topo.tiers.size()), kMaxTiers);
+  int ntiers = std::min<int>(static_cast<int>(topo.tiers.size()), kMaxTiers);
   if (static_cast<int>(topo.tiers.size()) > kMaxTiers)
     warn("more than " + std::to_string(kMaxTiers) + " tiers; the slowest are not used");
-  for (int t = 0; t < h.ntiers; ++t) {
+  for (int t = 0; t < ntiers; ++t) {
     const numa::Tier& src = topo.tiers[static_cast<size_t>(t)];
     TierState& ts = h.tiers[t];
     ts.emulated = src.emulated;
@@ -338,7 +351,7 @@ void do_init() {
     // Emulated tiers have no memory of their own to run out of: their size is their budget.
     ts.limit = src.emulated ? src.capacity_bytes : kNoLimit;
   }
-  if (h.ntiers > 0 && (opts.fast_limit_bytes || opts.fast_limit_percent > 0)) {
+  if (ntiers > 0 && (opts.fast_limit_bytes || opts.fast_limit_percent > 0)) {
     uint64_t lim = opts.fast_limit_bytes
                        ? opts.fast_limit_bytes
                        : static_cast<uint64_t>(static_cast<double>(h.tiers[0].capacity) * opts.fast_limit_percent / 100.0);
@@ -348,28 +361,17 @@ void do_init() {
     for (int cpu : n.cpus)
       if (cpu >= 0 && cpu < 1024) h.cpu_node[cpu] = n.id, h.ncpu_node = std::max(h.ncpu_node, cpu + 1);
 
-  init_policy(h.policies[kAutoSlot], kAutoSlot, -1, false);
-  for (int t = 0; t < h.ntiers; ++t)
+  for (int t = 0; t < ntiers; ++t)
     for (bool strict : {false, true}) init_policy(h.policies[slot_for(t, strict)], slot_for(t, strict), t, strict);
   pthread_key_create(&h.tcache_key, destroy_thread_tcaches);
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-
-  // Every automatic arena gets the fill-fast-first hooks now: jemalloc would otherwise create
-  // arenas 1..n-1 lazily with its default hooks, and their memory would escape the tiers.
-  unsigned narenas = 0;
-  size_t sz = sizeof narenas;
-  mallctl("opt.narenas", &narenas, &sz, nullptr, 0);
-  extent_hooks_t* hooks = &h.policies[kAutoSlot].hooks;
-  for (unsigned i = 0; i < narenas; ++i) {
-    char name[64];
-    snprintf(name, sizeof name, "arena.%u.extent_hooks", i);
-    if (mallctl(name, nullptr, nullptr, &hooks, sizeof hooks) != 0) warn(std::string("cannot set ") + name);
-  }
+  h.ntiers.store(ntiers, std::memory_order_release);  // ends bootstrap placement
 }
 
 }  // namespace
 
 void heap_init() {
+  if (g_heap.state.load(std::memory_order_acquire) == 2) return;
   int expected = 0;
   if (g_heap.state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
     do_init();
@@ -444,7 +446,7 @@ size_t heap_usable_size(const void* ptr) {
   return sallocx(const_cast<void*>(ptr), 0);
 }
 
-int heap_tier_count() { return g_heap.ntiers; }
+int heap_tier_count() { return g_heap.ntiers.load(std::memory_order_acquire); }
 
 TierCounters heap_tier_counters(int t) {
   const TierState& ts = g_heap.tiers[t];
@@ -463,7 +465,7 @@ int heap_tier_of(const void* addr) {
   int node = os::node_of(addr);
   if (node >= 0) {
     int t = process_topology().tier_of_node(node);
-    if (t >= 0 && t < g_heap.ntiers) return t;
+    if (t >= 0 && t < heap_tier_count()) return t;
   } else if (node != -ENOENT) {
     return node;  // -EFAULT: not mapped at all
   }
@@ -545,7 +547,7 @@ std::string heap_stats_json() {
   o += g_heap.emulated ? "true" : "false";
   o += ", \"tiers\": [";
   uint64_t fallbacks = 0;
-  for (int t = 0; t < g_heap.ntiers; ++t) {
+  for (int t = 0; t < heap_tier_count(); ++t) {
     TierCounters c = heap_tier_counters(t);
     fallbacks += c.fallbacks;
     char buf[512];
@@ -575,3 +577,30 @@ std::string heap_stats_json() {
 }
 
 }  // namespace tieralloc::alloc
+
+// jemalloc's default extent layer, overridden: Debian's archive is linked with these four
+// definitions made weak (alloc/jemalloc_overrides.txt), so every mapping jemalloc makes with its
+// default hooks -- arena 0's very first extent during jemalloc's own start-up, every automatic
+// arena, the huge arena, base metadata -- is placed by tieralloc's fill-fast-first policy and
+// recorded in the page map. Explicit tier arenas use their own hook tables above. This costs the
+// allocation fast path nothing: it only runs when jemalloc needs new address space.
+extern "C" {
+void* je_extent_alloc_mmap(void* new_addr, size_t size, size_t alignment, bool* zero, bool* commit) {
+  using namespace tieralloc::alloc;
+  void* addr = map_extent(g_heap.policies[kAutoSlot], new_addr, size, alignment);
+  if (addr) *zero = *commit = true;
+  return addr;
+}
+
+// jemalloc calls this only when it does not retain virtual memory (opt.retain:false).
+bool je_extent_dalloc_mmap(void* addr, size_t size) {
+  tieralloc::alloc::unmap_extent(addr, size);
+  return false;
+}
+
+void je_ehooks_default_destroy_impl(void* addr, size_t size) { tieralloc::alloc::unmap_extent(addr, size); }
+
+bool je_ehooks_default_merge_impl(void* /*tsdn*/, void* addr_a, void* addr_b) {
+  return tieralloc::alloc::tiers_differ(addr_a, addr_b);
+}
+}

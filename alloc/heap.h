@@ -1,10 +1,12 @@
 // The tier-aware heap on jemalloc. jemalloc (Debian's libjemalloc_pic.a) is linked into
 // libtieralloc.so and exports the malloc family itself, so plain malloc/free run jemalloc's own
-// fast path untouched; tieralloc lives in jemalloc's extent hooks, which decide where every new
-// extent of memory is mapped, bind it to a tier's node, and record it in the page map.
+// fast path untouched; tieralloc lives where jemalloc gets address space, deciding where every
+// new extent is mapped, binding it to a tier's node, and recording it in the page map.
 //
 // Arenas: the automatic arenas serve plain malloc/new with the fill-fast-first policy (the fastest
-// tier with budget left, then the next); one arena per (tier, strict) serves explicit requests,
+// tier with budget left, then the next) through jemalloc's default extent layer, which tieralloc
+// overrides at link time; one arena per (tier, strict), with its own extent hooks, serves explicit
+// requests,
 // each thread with its own tcache per such arena, because jemalloc's thread cache is shared
 // across arenas and would otherwise hand a tier-1 object to a tier-0 request.
 #pragma once
@@ -41,8 +43,9 @@ struct Request {
   size_t alignment = 0;  // 0: natural
 };
 
-// Initialises once: reads the topology and options, installs the extent hooks on every automatic
-// arena. Called from the library constructor and lazily by every API entry point.
+// Initialises once: reads the topology and options and ends bootstrap placement (extents mapped
+// before it are counted on tier 0 under the default NUMA policy). Called from the library
+// constructor and lazily by every API entry point.
 void heap_init();
 bool heap_ready();
 

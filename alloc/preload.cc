@@ -1,6 +1,5 @@
-// What the malloc family needs beyond what jemalloc exports itself (malloc, calloc, realloc, free,
-// posix_memalign, aligned_alloc, memalign, valloc, malloc_usable_size, the C++ operators, and
-// jemalloc's own mallocx/mallctl API), plus the library's start-up and exit work.
+// What the malloc family needs beyond what jemalloc exports itself (pvalloc, reallocarray), and the
+// library's start-up and exit work (TIERALLOC_STATS).
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -19,7 +18,8 @@ extern "C" {
 void* valloc(size_t size);
 void* realloc(void* ptr, size_t size);
 
-// glibc's pvalloc would hand out glibc heap memory that our free cannot take back.
+// jemalloc does not provide these two; glibc's would hand out glibc heap memory (pvalloc) or
+// could bypass the interposed realloc.
 __attribute__((visibility("default"))) void* pvalloc(size_t size) {
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   if (size > SIZE_MAX - page) {

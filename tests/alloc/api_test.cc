@@ -1,0 +1,330 @@
+// The C and C++ API, linked (not preloaded). ctest runs this binary twice: on the machine's real
+// topology, and with TIERALLOC_TIERS=emulate:fast=64M,slow=1G, where budgets and spill show.
+#include <errno.h>
+#include <numaif.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory_resource>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "tieralloc/tieralloc.h"
+#include "tieralloc/tieralloc.hpp"
+
+namespace {
+
+bool emulated() {
+  struct tieralloc_tier_info info;
+  return tieralloc_tier_info(0, &info) == 0 && info.emulated;
+}
+
+int last_tier() { return tieralloc_tier_count() - 1; }
+
+// The node the kernel says holds the page at p (after it is touched).
+int kernel_node(void* p) {
+  int node = -1;
+  long rc = syscall(SYS_get_mempolicy, &node, nullptr, 0, p, MPOL_F_NODE | MPOL_F_ADDR);
+  return rc == 0 ? node : -1;
+}
+
+bool tier_has_node(int tier, int node) {
+  struct tieralloc_tier_info info;
+  if (tieralloc_tier_info(tier, &info) != 0) return false;
+  for (int i = 0; i < info.nnodes; ++i)
+    if (info.nodes[i] == node) return true;
+  return false;
+}
+
+std::string stats() {
+  int n = tieralloc_stats_json(nullptr, 0);
+  std::string s(static_cast<size_t>(n) + 1, '\0');
+  tieralloc_stats_json(s.data(), s.size());
+  s.resize(static_cast<size_t>(n));
+  return s;
+}
+
+TEST(Placement, EachTierGetsItsMemory) {
+  ASSERT_GE(tieralloc_tier_count(), 1);
+  for (int t = 0; t < tieralloc_tier_count(); ++t) {
+    for (size_t size : {size_t{64}, size_t{5000}, size_t{300000}, size_t{8} << 20}) {
+      char* p = static_cast<char*>(tieralloc_mallocx(size, TIERALLOC_TIER(t)));
+      ASSERT_NE(p, nullptr) << "tier " << t << " size " << size;
+      std::memset(p, 0x5a, size);
+      EXPECT_EQ(tieralloc_tier_of(p), t) << size;
+      EXPECT_EQ(tieralloc_tier_of(p + size - 1), t) << size;
+      int node = kernel_node(p);
+      EXPECT_TRUE(tier_has_node(t, node)) << "page on node " << node << ", tier " << t;
+      tieralloc_free(p);
+    }
+  }
+}
+
+TEST(Placement, PlainMallocIsTieralloc) {
+  // Linking libtieralloc makes it the process allocator: malloc'd memory is in the page map.
+  void* p = malloc(100);
+  ASSERT_NE(p, nullptr);
+  EXPECT_GE(tieralloc_usable_size(p), 100u);
+  EXPECT_EQ(tieralloc_tier_of(p), 0);
+  free(p);
+  std::string* s = new std::string(1000, 'x');
+  EXPECT_GE(tieralloc_usable_size(s->data()), 1000u);
+  delete s;
+}
+
+TEST(Placement, HintsPickFastestAndSlowest) {
+  void* hot = tieralloc_mallocx(4096, TIERALLOC_HOT);
+  void* cold = tieralloc_mallocx(4096, TIERALLOC_COLD);
+  ASSERT_TRUE(hot && cold);
+  std::memset(hot, 1, 4096);
+  std::memset(cold, 1, 4096);
+  EXPECT_EQ(tieralloc_tier_of(hot), 0);
+  EXPECT_EQ(tieralloc_tier_of(cold), last_tier());
+  tieralloc_free(hot);
+  tieralloc_free(cold);
+}
+
+TEST(Budget, DefaultAllocationsSpillPastTheFastBudget) {
+  if (!emulated()) GTEST_SKIP() << "budget spill is exercised by the emulated run of this binary";
+  struct tieralloc_tier_info fast;
+  ASSERT_EQ(tieralloc_tier_info(0, &fast), 0);
+  ASSERT_NE(fast.limit_bytes, UINT64_MAX);
+  std::vector<void*> blocks;
+  int first_slow = -1;
+  // Twice the budget, in 1 MiB blocks through plain malloc.
+  for (size_t i = 0; i < 2 * fast.limit_bytes / (1 << 20); ++i) {
+    void* p = malloc(1 << 20);
+    ASSERT_NE(p, nullptr);
+    std::memset(p, 1, 1 << 20);
+    if (tieralloc_tier_of(p) == 1 && first_slow < 0) first_slow = static_cast<int>(i);
+    blocks.push_back(p);
+  }
+  ASSERT_GT(first_slow, 0) << "nothing spilled to tier 1";
+  for (int i = 0; i < first_slow; ++i) EXPECT_EQ(tieralloc_tier_of(blocks[static_cast<size_t>(i)]), 0);
+  ASSERT_EQ(tieralloc_tier_info(0, &fast), 0);
+  EXPECT_LE(fast.used_bytes, fast.limit_bytes);
+  struct tieralloc_tier_info slow;
+  ASSERT_EQ(tieralloc_tier_info(1, &slow), 0);
+  EXPECT_GT(slow.used_bytes, 0u);
+  EXPECT_NE(stats().find("\"fallbacks\": "), std::string::npos);
+  for (void* p : blocks) free(p);
+}
+
+TEST(Budget, StrictFailsWithEnomemAndNonStrictFallsBack) {
+  if (!emulated()) GTEST_SKIP() << "needs a bounded tier: run by the emulated instance";
+  std::vector<void*> blocks;
+  void* p;
+  errno = 0;
+  while ((p = tieralloc_mallocx(4 << 20, TIERALLOC_TIER(0) | TIERALLOC_STRICT)) != nullptr) {
+    blocks.push_back(p);
+    ASSERT_LT(blocks.size(), 1000u) << "strict tier 0 never filled";
+  }
+  EXPECT_EQ(errno, ENOMEM);
+  EXPECT_FALSE(blocks.empty());
+  void* q = tieralloc_mallocx(4 << 20, TIERALLOC_TIER(0));
+  ASSERT_NE(q, nullptr);
+  std::memset(q, 2, 4 << 20);
+  EXPECT_EQ(tieralloc_tier_of(q), 1) << "non-strict request should fall back to tier 1";
+  tieralloc_free(q);
+  for (void* b : blocks) tieralloc_free(b);
+}
+
+TEST(Flags, AlignmentAndZeroing) {
+  for (size_t align : {size_t{16}, size_t{64}, size_t{4096}, size_t{1} << 16, size_t{1} << 21}) {
+    void* p = tieralloc_mallocx(100, TIERALLOC_ALIGN(align));
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % align, 0u) << align;
+    tieralloc_free(p);
+  }
+  // Dirty a block, free it, and ask for zeroed memory of the same size class: it must be zero.
+  for (int round = 0; round < 50; ++round) {
+    unsigned char* d = static_cast<unsigned char*>(tieralloc_mallocx(512, TIERALLOC_TIER(0)));
+    std::memset(d, 0xff, 512);
+    tieralloc_free(d);
+    unsigned char* z = static_cast<unsigned char*>(tieralloc_mallocx(512, TIERALLOC_TIER(0) | TIERALLOC_ZERO));
+    ASSERT_NE(z, nullptr);
+    for (int i = 0; i < 512; ++i) ASSERT_EQ(z[i], 0) << i;
+    tieralloc_free(z);
+  }
+}
+
+TEST(Realloc, MovesAcrossTiersAndKeepsContents) {
+  int slow = last_tier();
+  auto* p = static_cast<unsigned char*>(tieralloc_mallocx(10000, TIERALLOC_TIER(0)));
+  ASSERT_NE(p, nullptr);
+  for (int i = 0; i < 10000; ++i) p[i] = static_cast<unsigned char>(i * 7);
+  auto* q = static_cast<unsigned char*>(tieralloc_reallocx(p, 20000, TIERALLOC_TIER(slow)));
+  ASSERT_NE(q, nullptr);
+  for (int i = 0; i < 10000; ++i) ASSERT_EQ(q[i], static_cast<unsigned char>(i * 7)) << i;
+  std::memset(q + 10000, 1, 10000);
+  EXPECT_EQ(tieralloc_tier_of(q), slow);
+  // Shrinking in place keeps contents too.
+  auto* r = static_cast<unsigned char*>(tieralloc_reallocx(q, 100, TIERALLOC_TIER(slow)));
+  ASSERT_NE(r, nullptr);
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(r[i], static_cast<unsigned char>(i * 7));
+  tieralloc_free(r);
+  void* fresh = tieralloc_reallocx(nullptr, 50, 0);
+  EXPECT_NE(fresh, nullptr);
+  tieralloc_free(fresh);
+}
+
+TEST(UsableSize, AtLeastTheRequest) {
+  for (size_t n : {size_t{1}, size_t{17}, size_t{4097}, size_t{1} << 20}) {
+    void* p = tieralloc_mallocx(n, 0);
+    EXPECT_GE(tieralloc_usable_size(p), n);
+    tieralloc_free(p);
+  }
+  void* z = tieralloc_mallocx(0, 0);
+  EXPECT_NE(z, nullptr);
+  tieralloc_free(z);
+}
+
+TEST(Move, PagesChangeTierAndKeepContents) {
+  int slow = last_tier();
+  size_t len = 64 * 4096;
+  auto* p = static_cast<unsigned char*>(tieralloc_mallocx(len, TIERALLOC_TIER(0) | TIERALLOC_ALIGN(4096)));
+  ASSERT_NE(p, nullptr);
+  for (size_t i = 0; i < len; ++i) p[i] = static_cast<unsigned char>(i % 251);
+  struct tieralloc_tier_info before0, before_slow;
+  tieralloc_tier_info(0, &before0);
+  tieralloc_tier_info(slow, &before_slow);
+  ASSERT_EQ(tieralloc_move(p, len, slow), 0) << strerror(errno);
+  EXPECT_EQ(tieralloc_tier_of(p), slow);
+  EXPECT_EQ(tieralloc_tier_of(p + len - 1), slow);
+  EXPECT_TRUE(tier_has_node(slow, kernel_node(p)));
+  for (size_t i = 0; i < len; ++i) ASSERT_EQ(p[i], static_cast<unsigned char>(i % 251)) << i;
+  if (slow != 0) {
+    struct tieralloc_tier_info after0;
+    tieralloc_tier_info(0, &after0);
+    EXPECT_LE(after0.used_bytes + len, before0.used_bytes + (64u << 20));  // moved bytes left tier 0
+  }
+  ASSERT_EQ(tieralloc_move(p, len, 0), 0);
+  EXPECT_EQ(tieralloc_tier_of(p), 0);
+  EXPECT_NE(stats().find("\"moves\": {\"calls\": "), std::string::npos);
+  tieralloc_free(p);
+}
+
+TEST(Stats, SnprintfSemantics) {
+  std::string full = stats();
+  ASSERT_GT(full.size(), 20u);
+  EXPECT_EQ(full.front(), '{');
+  EXPECT_EQ(full.back(), '}');
+  EXPECT_NE(full.find("\"used_bytes\""), std::string::npos);
+  EXPECT_NE(full.find("\"limit_bytes\""), std::string::npos);
+  char small[10];
+  int n = tieralloc_stats_json(small, sizeof small);
+  EXPECT_GE(n, static_cast<int>(full.size()) - 64);  // the figures move between calls
+  EXPECT_EQ(std::strlen(small), 9u);
+  EXPECT_EQ(std::string(small), full.substr(0, 9));
+}
+
+TEST(Errors, EveryMisuseGivesAnErrorCode) {
+  int n = tieralloc_tier_count();
+  struct Case {
+    int flags;
+    const char* what;
+  } cases[] = {
+      {TIERALLOC_TIER(n), "tier == count"},
+      {TIERALLOC_TIER(1000), "tier far out of range"},
+      {TIERALLOC_TIER(-1), "negative tier"},
+      {TIERALLOC_ALIGN(3), "alignment not a power of two"},
+      {TIERALLOC_ALIGN(0), "alignment zero"},
+      {TIERALLOC_HOT | TIERALLOC_COLD, "hot and cold"},
+      {TIERALLOC_STRICT, "strict without a tier"},
+      {1 << 12, "unknown flag bit"},
+      {static_cast<int>(0x80000000u), "sign bit"},
+  };
+  for (const auto& c : cases) {
+    errno = 0;
+    EXPECT_EQ(tieralloc_mallocx(16, c.flags), nullptr) << c.what;
+    EXPECT_EQ(errno, EINVAL) << c.what;
+    void* p = tieralloc_mallocx(16, 0);
+    errno = 0;
+    EXPECT_EQ(tieralloc_reallocx(p, 32, c.flags), nullptr) << c.what;
+    EXPECT_EQ(errno, EINVAL) << c.what;
+    tieralloc_free(p);
+  }
+  errno = 0;
+  EXPECT_EQ(tieralloc_mallocx(SIZE_MAX - 4096, 0), nullptr);
+  EXPECT_EQ(errno, ENOMEM);
+
+  tieralloc_free(nullptr);  // no-op
+  int on_stack = 0;
+  errno = 0;
+  tieralloc_free(&on_stack);  // reported, not freed
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  EXPECT_EQ(tieralloc_reallocx(&on_stack, 64, 0), nullptr);
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  EXPECT_EQ(tieralloc_usable_size(nullptr), 0u);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_EQ(tieralloc_usable_size(&on_stack), 0u);
+
+  errno = 0;
+  EXPECT_EQ(tieralloc_tier_of(nullptr), -1);
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  EXPECT_EQ(tieralloc_tier_of(reinterpret_cast<void*>(4096)), -1);  // not mapped
+  EXPECT_TRUE(errno == EFAULT || errno == ENOENT) << errno;
+
+  void* p = tieralloc_mallocx(4096, 0);
+  errno = 0;
+  EXPECT_EQ(tieralloc_move(p, 4096, n), -1);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_EQ(tieralloc_move(p, 4096, -1), -1);
+  EXPECT_EQ(tieralloc_move(nullptr, 4096, 0), -1);
+  EXPECT_EQ(tieralloc_move(p, 0, 0), 0);
+  tieralloc_free(p);
+
+  struct tieralloc_tier_info info;
+  errno = 0;
+  EXPECT_EQ(tieralloc_tier_info(n, &info), -1);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_EQ(tieralloc_tier_info(0, nullptr), -1);
+  errno = 0;
+  EXPECT_EQ(tieralloc_stats_json(nullptr, 5), -1);
+  EXPECT_EQ(errno, EINVAL);
+}
+
+TEST(Cxx, PmrUnorderedMapLivesOnTheSlowTier) {
+  int slow = last_tier();
+  tieralloc::TierResource* res = tieralloc::tier_resource(slow);
+  ASSERT_NE(res, nullptr);
+  std::pmr::unordered_map<int, std::pmr::string> map(res);
+  for (int i = 0; i < 20000; ++i) map.emplace(i, std::pmr::string(40, static_cast<char>('a' + i % 26)));
+  int checked = 0;
+  for (auto& [k, v] : map) {
+    ASSERT_EQ(tieralloc_tier_of(&k), slow);
+    ASSERT_EQ(tieralloc_tier_of(v.data()), slow);
+    ASSERT_EQ(v[0], static_cast<char>('a' + k % 26));
+    ++checked;
+  }
+  EXPECT_EQ(checked, 20000);
+  EXPECT_EQ(tieralloc::tier_resource(tieralloc_tier_count()), nullptr);
+}
+
+TEST(Cxx, AllocatorUniquePtrAndBuffer) {
+  int slow = last_tier();
+  std::vector<long, tieralloc::allocator<long>> v{tieralloc::allocator<long>(tieralloc::Placement::tier(slow))};
+  for (long i = 0; i < 100000; ++i) v.push_back(i);
+  EXPECT_EQ(tieralloc_tier_of(v.data()), slow);
+  EXPECT_EQ(v[99999], 99999);
+  auto up = tieralloc::make_unique<std::pair<int, double>>(tieralloc::Placement::hot(), 7, 2.5);
+  EXPECT_EQ(up->first, 7);
+  EXPECT_EQ(tieralloc_tier_of(up.get()), 0);
+  tieralloc::Buffer b(1 << 20, tieralloc::Placement::cold());
+  std::memset(b.data(), 3, b.size());
+  EXPECT_EQ(b.tier(), slow);
+  tieralloc::Buffer moved = std::move(b);
+  EXPECT_EQ(b.data(), nullptr);
+  EXPECT_EQ(moved.tier(), slow);
+  EXPECT_THROW(tieralloc::Buffer(1 << 20, tieralloc::Placement::tier(tieralloc_tier_count())), std::bad_alloc);
+}
+
+}  // namespace
