@@ -238,10 +238,12 @@ void* hook_alloc(extent_hooks_t* hooks, void* new_addr, size_t size, size_t alig
   return addr;
 }
 
-bool hook_dalloc(extent_hooks_t*, void* addr, size_t size, bool, unsigned) {
-  unmap_extent(addr, size);
-  return false;
-}
+// Declined, as jemalloc's own default layer declines it while retaining: with opt.retain jemalloc
+// marks the first extent of every mapping as a "head" and relies on that to never coalesce across
+// mappings. Unmapping a piece leaves a hole the kernel may hand to another arena's next mapping,
+// and jemalloc's coalescing then corrupts its extent heaps (seen as a crash in eset_remove under
+// the multi-arena stress test). Retained memory is purged, not resident, and stays on its tier.
+bool hook_dalloc(extent_hooks_t*, void*, size_t, bool, unsigned) { return true; }
 
 void hook_destroy(extent_hooks_t* h, void* addr, size_t size, bool committed, unsigned arena) {
   hook_dalloc(h, addr, size, committed, arena);

@@ -7,7 +7,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdlib>
+#include <mutex>
+#include <random>
+#include <thread>
 #include <cstring>
 #include <memory_resource>
 #include <string>
@@ -18,6 +22,14 @@
 #include "tieralloc/tieralloc.hpp"
 
 namespace {
+
+// Under ASan or TSan the sanitizer's malloc comes first in the process; tieralloc then serves only
+// its API.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kMallocIsTieralloc = false;
+#else
+constexpr bool kMallocIsTieralloc = true;
+#endif
 
 bool emulated() {
   struct tieralloc_tier_info info;
@@ -66,6 +78,7 @@ TEST(Placement, EachTierGetsItsMemory) {
 }
 
 TEST(Placement, PlainMallocIsTieralloc) {
+  if (!kMallocIsTieralloc) GTEST_SKIP() << "a sanitizer interposes malloc in this build";
   // Linking libtieralloc makes it the process allocator: malloc'd memory is in the page map.
   void* p = malloc(100);
   ASSERT_NE(p, nullptr);
@@ -91,6 +104,7 @@ TEST(Placement, HintsPickFastestAndSlowest) {
 
 TEST(Budget, DefaultAllocationsSpillPastTheFastBudget) {
   if (!emulated()) GTEST_SKIP() << "budget spill is exercised by the emulated run of this binary";
+  if (!kMallocIsTieralloc) GTEST_SKIP() << "a sanitizer interposes malloc in this build";
   struct tieralloc_tier_info fast;
   ASSERT_EQ(tieralloc_tier_info(0, &fast), 0);
   ASSERT_NE(fast.limit_bytes, UINT64_MAX);
@@ -325,6 +339,77 @@ TEST(Cxx, AllocatorUniquePtrAndBuffer) {
   EXPECT_EQ(b.data(), nullptr);
   EXPECT_EQ(moved.tier(), slow);
   EXPECT_THROW(tieralloc::Buffer(1 << 20, tieralloc::Placement::tier(tieralloc_tier_count())), std::bad_alloc);
+}
+
+// Threads allocate across every tier and size class, check contents, and free each other's
+// blocks: run in the ASan+UBSan and TSan builds too.
+TEST(Stress, MixedSizesAcrossThreadsAndTiers) {
+#if defined(__SANITIZE_THREAD__)
+  constexpr int kThreads = 4, kOps = 1500;  // TSan runs this ~50x slower
+#else
+  constexpr int kThreads = 4, kOps = 6000;
+#endif
+  struct Block {
+    unsigned char* p;
+    size_t n;
+    unsigned char tag;
+  };
+  std::mutex m;
+  std::vector<Block> shared;  // handed from one thread to another for freeing
+  std::atomic<int> bad{0};
+  auto check_free = [&](const Block& b) {
+    for (size_t i = 0; i < b.n; i += 997)
+      if (b.p[i] != b.tag) bad.fetch_add(1);
+    if (b.p[b.n - 1] != b.tag) bad.fetch_add(1);
+    tieralloc_free(b.p);
+  };
+  auto worker = [&](int id) {
+    std::mt19937_64 rng(static_cast<uint64_t>(id) * 7919);
+    std::vector<Block> mine;
+    for (int op = 0; op < kOps; ++op) {
+      unsigned r = static_cast<unsigned>(rng());
+      if (mine.size() < 64 || (r % 3 && mine.size() < 256)) {
+        // Sizes log-uniform from 8 B to 4 MiB.
+        size_t n = size_t{8} << (r % 20);
+        n += rng() % n;
+        if (n > (size_t{4} << 20)) n = size_t{4} << 20;
+        int flags = (r >> 8) % 4 == 0 ? 0 : TIERALLOC_TIER(static_cast<int>((r >> 10) % static_cast<unsigned>(tieralloc_tier_count())));
+        auto* p = static_cast<unsigned char*>(tieralloc_mallocx(n, flags));
+        if (!p) {
+          bad.fetch_add(1);
+          continue;
+        }
+        auto tag = static_cast<unsigned char>(rng());
+        std::memset(p, tag, n);
+        mine.push_back({p, n, tag});
+      } else {
+        size_t i = rng() % mine.size();
+        Block b = mine[i];
+        mine[i] = mine.back();
+        mine.pop_back();
+        if (r & 16) {
+          std::lock_guard<std::mutex> g(m);
+          shared.push_back(b);
+        } else {
+          check_free(b);
+        }
+      }
+      if (op % 64 == 0) {
+        std::vector<Block> take;
+        {
+          std::lock_guard<std::mutex> g(m);
+          take.swap(shared);
+        }
+        for (const Block& b : take) check_free(b);
+      }
+    }
+    for (const Block& b : mine) check_free(b);
+  };
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) threads.emplace_back(worker, i);
+  for (auto& t : threads) t.join();
+  for (const Block& b : shared) check_free(b);
+  EXPECT_EQ(bad.load(), 0);
 }
 
 }  // namespace
