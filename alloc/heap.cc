@@ -179,10 +179,9 @@ int place(const Policy& p, size_t size, int* node) {
 void release_range(uintptr_t addr, size_t size) {
   PageMap& map = page_map();
   uint64_t per_tier[kMaxTiers] = {};
-  for (uintptr_t p = addr; p < addr + size; p += os::kPageSize) {
-    PageEntry e = map.get(p);
-    if (e.tier < kMaxTiers) per_tier[e.tier] += os::kPageSize;
-  }
+  map.for_each_run(addr, size, [&](PageEntry e, size_t bytes) {
+    if (e.tier < kMaxTiers) per_tier[e.tier] += bytes;
+  });
   map.clear(addr, size);
   for (int t = 0; t < kMaxTiers; ++t)
     if (per_tier[t]) g_heap.tiers[t].used.fetch_sub(per_tier[t], std::memory_order_relaxed);
@@ -207,8 +206,8 @@ void* map_extent(const Policy& p, void* new_addr, size_t size, size_t alignment)
                       : os::bind(addr, size, &node, 1, os::BindMode::kPreferred);
     if (rc != 0) g_heap.bind_failures.fetch_add(1, std::memory_order_relaxed);
   }
-  if (!page_map().set(reinterpret_cast<uintptr_t>(addr), size, static_cast<uint8_t>(t), static_cast<uint16_t>(node),
-                      static_cast<uint8_t>(p.slot))) {
+  if (!page_map().set(reinterpret_cast<uintptr_t>(addr), size,
+                      PageEntry{static_cast<uint8_t>(t), static_cast<uint8_t>(p.slot), static_cast<uint16_t>(node)})) {
     os::unmap(addr, size);
     ts.used.fetch_sub(size, std::memory_order_relaxed);
     return nullptr;
@@ -403,7 +402,7 @@ void* heap_alloc(size_t size, const Request& req) {
 void* heap_realloc(void* ptr, size_t size, const Request& req) {
   if (!ptr) return heap_alloc(size, req);
   PageEntry e = page_map().get(reinterpret_cast<uintptr_t>(ptr));
-  if (e.tier == PageEntry::kUnmanaged) {
+  if (!e.managed()) {
     errno = EINVAL;
     return nullptr;
   }
@@ -487,44 +486,55 @@ int heap_move(void* addr, size_t len, int tier) {
   void* pages[kBatch];
   int nodes[kBatch], status[kBatch];
   // Runs of managed pages are rebound (mbind + MOVE), so memory jemalloc purges and refaults
-  // later stays on the new tier; pages tieralloc does not manage are only migrated.
-  for (uintptr_t p = start; p < end;) {
-    PageEntry e = map.get(p);
-    uintptr_t run_end = p + os::kPageSize;
-    bool managed = e.tier != PageEntry::kUnmanaged;
-    while (run_end < end && map.managed(run_end) == managed) run_end += os::kPageSize;
-    size_t bytes = run_end - p;
-    if (managed) {
-      uint64_t per_tier[kMaxTiers] = {};
-      for (uintptr_t q = p; q < run_end; q += os::kPageSize)
-        if (PageEntry pe = map.get(q); pe.tier < kMaxTiers) per_tier[pe.tier] += os::kPageSize;
+  // later stays on the new tier; pages tieralloc does not manage are only migrated. The range is
+  // walked in 2 MiB windows whose runs are collected first, since rebinding rewrites the map.
+  constexpr uintptr_t kWindow = uintptr_t{1} << PageMap::kMidShift;
+  struct Run {
+    uintptr_t addr;
+    size_t bytes;
+    PageEntry e;
+  };
+  Run runs[PageMap::kSlots];
+  for (uintptr_t w = start; w < end;) {
+    uintptr_t w_end = std::min<uintptr_t>(end, (w & ~(kWindow - 1)) + kWindow);
+    size_t nruns = 0;
+    uintptr_t at = w;
+    map.for_each_run(w, w_end - w, [&](PageEntry e, size_t bytes) {
+      runs[nruns++] = Run{at, bytes, e};
+      at += bytes;
+    });
+    for (size_t r = 0; r < nruns; ++r) {
+      const Run& run = runs[r];
+      bool managed = run.e.managed();
+      if (managed) {
+        if (!g_heap.emulated) {
+          int rc = os::bind(reinterpret_cast<void*>(run.addr), run.bytes, &node, 1, os::BindMode::kPreferred, true);
+          if (rc == -EFAULT) return -EFAULT;
+        }
+        map.retier(run.addr, run.bytes, static_cast<uint8_t>(tier), static_cast<uint16_t>(node));
+        if (run.e.tier < kMaxTiers && run.e.tier != tier) {
+          g_heap.tiers[run.e.tier].used.fetch_sub(run.bytes, std::memory_order_relaxed);
+          dst.used.fetch_add(run.bytes, std::memory_order_relaxed);
+        }
+      }
+      // Check (or, for unmanaged pages, perform) the move page by page with move_pages.
       if (!g_heap.emulated) {
-        int rc = os::bind(reinterpret_cast<void*>(p), bytes, &node, 1, os::BindMode::kPreferred, true);
-        if (rc == -EFAULT) return -EFAULT;
-      }
-      map.retier(p, bytes, static_cast<uint8_t>(tier), static_cast<uint16_t>(node));
-      for (int t = 0; t < kMaxTiers; ++t)
-        if (per_tier[t] && t != tier) {
-          g_heap.tiers[t].used.fetch_sub(per_tier[t], std::memory_order_relaxed);
-          dst.used.fetch_add(per_tier[t], std::memory_order_relaxed);
+        uintptr_t run_end = run.addr + run.bytes;
+        for (uintptr_t q = run.addr; q < run_end;) {
+          size_t n = 0;
+          for (; n < kBatch && q < run_end; ++n, q += os::kPageSize) pages[n] = reinterpret_cast<void*>(q), nodes[n] = node;
+          long rc = os::move_pages(n, pages, managed ? nullptr : nodes, status);
+          if (rc < 0 && rc != -ENOENT) return static_cast<int>(rc);
+          for (size_t i = 0; i < n; ++i) {
+            if (status[i] == node) moved += os::kPageSize;
+            else if (status[i] != -ENOENT) ++failed;  // not faulted in: nothing to move, policy set
+          }
         }
-    }
-    // Check (or, for unmanaged pages, perform) the move page by page with move_pages.
-    if (!g_heap.emulated) {
-      for (uintptr_t q = p; q < run_end;) {
-        size_t n = 0;
-        for (; n < kBatch && q < run_end; ++n, q += os::kPageSize) pages[n] = reinterpret_cast<void*>(q), nodes[n] = node;
-        long rc = os::move_pages(n, pages, managed ? nullptr : nodes, status);
-        if (rc < 0 && rc != -ENOENT) return static_cast<int>(rc);
-        for (size_t i = 0; i < n; ++i) {
-          if (status[i] == node) moved += os::kPageSize;
-          else if (status[i] != -ENOENT) ++failed;  // not faulted in: nothing to move, policy set
-        }
+      } else if (managed) {
+        moved += run.bytes;
       }
-    } else if (managed) {
-      moved += bytes;
     }
-    p = run_end;
+    w = w_end;
   }
   g_heap.moved_bytes.fetch_add(moved, std::memory_order_relaxed);
   g_heap.move_failed_pages.fetch_add(failed, std::memory_order_relaxed);

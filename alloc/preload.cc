@@ -16,7 +16,35 @@
 
 extern "C" {
 void* valloc(size_t size);
-void* realloc(void* ptr, size_t size);
+void* tl_je_realloc(void* ptr, size_t size);
+void* tl_je_memalign(size_t alignment, size_t size);
+void* tl_je_aligned_alloc(size_t alignment, size_t size);
+
+// jemalloc 5.3.0 returns NULL from a failed realloc without setting errno (fixed upstream after
+// 5.3.0); glibc and POSIX say ENOMEM. The original block is untouched either way.
+__attribute__((visibility("default"))) void* realloc(void* ptr, size_t size) {
+  void* q = tl_je_realloc(ptr, size);
+  if (__builtin_expect(!q && size, 0)) errno = ENOMEM;
+  return q;
+}
+
+// glibc rounds an alignment that is not a power of two up to the next one; jemalloc fails
+// (memalign without setting errno). Programs written against glibc expect a block.
+static size_t glibc_alignment(size_t alignment) {
+  if (alignment <= 1) return 1;
+  if ((alignment & (alignment - 1)) == 0 || alignment > (SIZE_MAX >> 1) + 1) return alignment;
+  return size_t{1} << (64 - __builtin_clzll(alignment));
+}
+
+__attribute__((visibility("default"))) void* memalign(size_t alignment, size_t size) {
+  void* p = tl_je_memalign(glibc_alignment(alignment), size);
+  if (!p) errno = ENOMEM;
+  return p;
+}
+
+__attribute__((visibility("default"))) void* aligned_alloc(size_t alignment, size_t size) {
+  return tl_je_aligned_alloc(glibc_alignment(alignment), size);
+}
 
 // jemalloc does not provide these two; glibc's would hand out glibc heap memory (pvalloc) or
 // could bypass the interposed realloc.
