@@ -5,6 +5,8 @@ set -euo pipefail
 packages=(
   cmake ninja-build g++ make pkg-config python3 bzip2
   libjemalloc-dev libmemkind-dev libhwloc-dev libnuma-dev libgtest-dev libbenchmark-dev
+  # programs the LD_PRELOAD tests run (tests/preload/)
+  coreutils git redis-server redis-tools memcached
 )
 missing=()
 for p in "${packages[@]}"; do
