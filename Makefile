@@ -3,13 +3,25 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: run test deps configure build install clean
+.PHONY: run test test-sanitizers deps configure build install clean
 
 run: build
 	$(BUILD)/tool/tieralloc topology
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+# The unit suites (topology, API, multi-threaded stress) in ASan+UBSan and TSan builds. Real
+# programs under LD_PRELOAD are left out: a sanitized libtieralloc.so cannot be preloaded into
+# unsanitized programs. jemalloc itself is prebuilt, so TSan is told to skip its internals.
+SANITIZER_EXCLUDE = '^(tool_|install_|preload_|bench_)'
+test-sanitizers: deps
+	@for s in address thread; do \
+	  test -f $(BUILD)-$$s/build.ninja || cmake -S . -B $(BUILD)-$$s -G Ninja -DTIERALLOC_SANITIZE=$$s -DTIERALLOC_BUILD_BENCH=OFF || exit 1; \
+	  cmake --build $(BUILD)-$$s -j $(JOBS) --target topology_test api_test hwloc_view_test || exit 1; \
+	  TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1" \
+	    ctest --test-dir $(BUILD)-$$s --output-on-failure -j $(JOBS) -E $(SANITIZER_EXCLUDE) || exit 1; \
+	done
 
 deps:
 	@scripts/install-deps.sh

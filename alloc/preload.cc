@@ -100,10 +100,13 @@ std::string stats_table() {
 // Constant-initialised: a std::string here would be constructed after tieralloc_start (which runs
 // at priority 101) and wipe what it stored.
 constinit char g_stats_dest[4096] = "";
+// A private copy of stderr: programs built with gnulib (coreutils: sort, ls, ...) close stderr in
+// their own atexit handler, which runs before ours.
+constinit int g_stats_fd = -1;
 
 void write_stats_at_exit() {
   if (std::strcmp(g_stats_dest, "stderr") == 0) {
-    write_all(STDERR_FILENO, stats_table() + "tieralloc: " + heap_stats_json() + "\n");
+    write_all(g_stats_fd >= 0 ? g_stats_fd : STDERR_FILENO, stats_table() + "tieralloc: " + heap_stats_json() + "\n");
     return;
   }
   int fd = ::open(g_stats_dest, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -127,6 +130,7 @@ __attribute__((constructor(101))) void tieralloc_start() {
       return;
     }
     std::memcpy(g_stats_dest, o.stats.c_str(), o.stats.size() + 1);
+    if (o.stats == "stderr") g_stats_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 100);
     atexit(write_stats_at_exit);
   }
 }

@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "numa/hwloc_view.h"
+#include "alloc/options.h"
 #include "numa/topology.h"
+#include "tool/run.h"
 
 namespace {
 
@@ -15,9 +17,15 @@ constexpr const char* kUsage =
     "\n"
     "commands:\n"
     "  topology [--json] [--fsroot DIR]   memory tiers of this machine (or of a sysfs tree under DIR)\n"
-    "  help                               this text\n"
-    "\n"
-    "environment: TIERALLOC_FSROOT (sysfs root), TIERALLOC_TIERS (override: emulate:fast=1G,slow=4G or 0-1:dram;2-3:pmem)\n";
+    "  run [--fast-limit SIZE|N%] [--tiers SPEC] [--stats[=PATH]] -- PROGRAM [ARGS]\n"
+    "                                     run PROGRAM with tieralloc as its allocator\n"
+    "  help                               this text\n";
+
+void print_environment(FILE* out) {
+  std::fputs("\nenvironment (read by the library in every program it serves):\n", out);
+  for (const auto& d : tieralloc::alloc::option_docs())
+    std::fprintf(out, "  %s=%s\n      %s\n", d.name, d.value, d.description);
+}
 
 int usage_error(const std::string& msg) {
   std::fprintf(stderr, "tieralloc: %s\n\n%s", msg.c_str(), kUsage);
@@ -47,8 +55,10 @@ int main(int argc, char** argv) {
   std::string_view cmd = argv[1];
   std::vector<std::string_view> args(argv + 2, argv + argc);
   if (cmd == "topology") return cmd_topology(args);
+  if (cmd == "run") return tieralloc::tool::cmd_run(args, usage_error);
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
     std::fputs(kUsage, stdout);
+    print_environment(stdout);
     return 0;
   }
   return usage_error("unknown command '" + std::string(cmd) + "'");

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""`tieralloc run` as a user runs it: the program's output is unchanged, --stats reports per-tier
+usage (with spill to the slow tier past --fast-limit), bad configuration warns and still runs the
+program, and usage errors exit 2 / a missing program 127."""
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+tool = sys.argv[1]
+failures = 0
+
+
+def check(cond, what):
+    global failures
+    print(("ok      " if cond else "FAILED  ") + what)
+    if not cond:
+        failures += 1
+
+
+env = {k: v for k, v in os.environ.items() if not k.startswith("TIERALLOC_") and k != "LD_PRELOAD"}
+env["LC_ALL"] = "C"
+
+with tempfile.TemporaryDirectory() as d:
+    data = os.path.join(d, "lines.txt")
+    rng = random.Random(7)
+    with open(data, "w") as f:
+        for i in range(400000):
+            f.write("%016x %d\n" % (rng.getrandbits(64), i))
+    plain = subprocess.run(["sort", data], capture_output=True, env=env, timeout=120)
+    r = subprocess.run([tool, "run", "--tiers", "emulate:fast=8M,slow=1G", "--stats", "--", "sort", "-S", "64M", data],
+                       capture_output=True, env=env, timeout=120)
+    err = r.stderr.decode()
+    check(r.returncode == 0, "run: exit status of the program (0)")
+    check(r.stdout == plain.stdout, "run: sort output identical to sort without tieralloc")
+    check("per-tier usage at exit (EMULATED tiers)" in err, "run --stats: per-tier table on stderr, says EMULATED")
+    slow_line = [l for l in err.splitlines() if l.startswith("tieralloc:   1 ")]
+    check(bool(slow_line) and " 0 B " not in slow_line[0].split("limit")[0][:40],
+          "run: past the 8M fast budget, memory spilled to tier 1: %s" % (slow_line[0] if slow_line else "no tier-1 line"))
+
+    stats_path = os.path.join(d, "stats.json")
+    r = subprocess.run([tool, "run", "--stats=" + stats_path, "--", "sort", data], capture_output=True, env=env, timeout=120)
+    check(r.returncode == 0 and os.path.getsize(stats_path) > 0 and '"used_bytes"' in open(stats_path).read(),
+          "run --stats=PATH writes the JSON there")
+
+r = subprocess.run([tool, "run", "--fast-limit", "lots", "--", "echo", "hello"], capture_output=True, text=True, env=env)
+check(r.returncode == 0 and r.stdout == "hello\n" and r.stderr.count("TIERALLOC_FAST_LIMIT") == 1,
+      "bad --fast-limit: one warning, program runs unharmed")
+r = subprocess.run([tool, "run", "--tiers", "emulate:fast=", "--", "echo", "hi"], capture_output=True, text=True, env=env)
+check(r.returncode == 0 and r.stdout == "hi\n" and "TIERALLOC_TIERS" in r.stderr, "bad --tiers: warning, program runs")
+r = subprocess.run([tool, "run", "--", "/no/such/program"], capture_output=True, text=True, env=env)
+check(r.returncode == 127 and "cannot run" in r.stderr, "missing program: exit 127 with a message")
+r = subprocess.run([tool, "run"], capture_output=True, text=True, env=env)
+check(r.returncode == 2, "no program: exit 2")
+r = subprocess.run([tool, "run", "--bogus", "--", "true"], capture_output=True, text=True, env=env)
+check(r.returncode == 2 and "unknown option" in r.stderr, "unknown option: exit 2")
+r = subprocess.run(["sh", "-c", "exit 3"], env=env)
+r = subprocess.run([tool, "run", "--", "sh", "-c", "exit 3"], env=env)
+check(r.returncode == 3, "the program's own exit status comes back")
+
+print("run_cli: %d failure(s)" % failures)
+sys.exit(1 if failures else 0)
