@@ -67,6 +67,8 @@ void BM_MallocFree(benchmark::State& state) {
 // benchmark measures the allocator's cross-thread free, not false sharing in the queue.
 class SpscRing {
  public:
+  static constexpr size_t kCapacity = 1024;  // power of two
+
   bool push(void* p) {
     size_t t = tail_.load(std::memory_order_relaxed);
     if (t - head_cache_ == kCapacity) {
@@ -77,22 +79,24 @@ class SpscRing {
     tail_.store(t + 1, std::memory_order_release);
     return true;
   }
-  void* pop() {
+
+  // Hands every queued item to f once at least min_items are queued; returns how many. Taking
+  // them in batches keeps the consumer off the cache lines the producer is writing: popping one
+  // item at a time from a near-empty ring makes the two threads trade each slot and the indexes
+  // per item, a queue cost that would swamp the allocator's and flip between runs.
+  template <typename F>
+  size_t drain(size_t min_items, F&& f) {
     size_t h = head_.load(std::memory_order_relaxed);
-    if (h == tail_cache_) {
-      tail_cache_ = tail_.load(std::memory_order_acquire);
-      if (h == tail_cache_) return nullptr;
-    }
-    void* p = slots_[h & (kCapacity - 1)];
-    head_.store(h + 1, std::memory_order_release);
-    return p;
+    size_t t = tail_.load(std::memory_order_acquire);
+    if (t - h < min_items || t == h) return 0;
+    for (size_t i = h; i != t; ++i) f(slots_[i & (kCapacity - 1)]);
+    head_.store(t, std::memory_order_release);
+    return t - h;
   }
 
  private:
-  static constexpr size_t kCapacity = 1024;  // power of two
   static constexpr size_t kLine = 64;
   alignas(kLine) std::atomic<size_t> head_{0};
-  alignas(kLine) size_t tail_cache_ = 0;  // consumer's view of tail_
   alignas(kLine) std::atomic<size_t> tail_{0};
   alignas(kLine) size_t head_cache_ = 0;  // producer's view of head_
   alignas(kLine) void* slots_[kCapacity] = {};
@@ -101,18 +105,19 @@ class SpscRing {
 // The benchmark thread allocates, a second thread frees: every object is freed by a thread that
 // did not allocate it, the path where allocators hand memory back across thread caches.
 void BM_CrossThreadFree(benchmark::State& state) {
+  constexpr size_t kBatch = SpscRing::kCapacity / 16;
   const auto n = static_cast<size_t>(state.range(0));
   SpscRing ring;
   std::atomic<bool> done{false};
   std::thread consumer([&] {
     Backoff backoff;
     for (;;) {
-      if (void* p = ring.pop()) {
-        bench_free(p);
+      // done is read before draining: once it is seen set, a drain that finds nothing means
+      // the last push has been consumed.
+      bool finishing = done.load(std::memory_order_acquire);
+      if (ring.drain(finishing ? 1 : kBatch, bench_free)) {
         backoff.reset();
-      } else if (done.load(std::memory_order_acquire)) {
-        // done is set after the last push: one more look drains what is left.
-        while (void* q = ring.pop()) bench_free(q);
+      } else if (finishing) {
         return;
       } else {
         backoff.wait();

@@ -262,8 +262,8 @@ def main():
         # Spread of tieralloc's and jemalloc's runs: a gap smaller than this is not a finding.
         noise = max((r["spread"].get(a, 0.0) for a in ("tieralloc", "jemalloc")), default=0.0)
         line += f"{noise * 100:>6.0f}%" if args.rounds > 1 else f"{'-':>7}"
-        if metric != args.metric:
-            line += f"  ({metric} time)"
+        if r["metric"] != args.metric:
+            line += f"  ({r['metric']} time)"
         if r["tieralloc_slower_than_jemalloc"]:
             line += "  << >5% slower than jemalloc"
             flagged += 1
