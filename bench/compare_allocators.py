@@ -7,11 +7,13 @@ Debian's libraries), glibc (no preload) and memkind (alloc_bench_memkind, which 
 memkind_malloc(MEMKIND_DEFAULT)). Absolute times on a shared 2-core VM mean little; ratios against
 peers measured minutes apart in the same session are the figure of merit.
 
-Noise control: each round runs every allocator once (one process per allocator and group), the
-order rotating from round to round, so slow drift of the machine spreads over all allocators
-instead of biasing whichever ran last; the reported value is the median over rounds. Benchmark's
-own --benchmark_repetitions would run the repetitions back to back and is not used. Single-thread
-benchmarks are pinned to one CPU (no migrations); the two-thread ones get every CPU. On a machine
+Noise control: every benchmark runs under every allocator back to back, one process each, in an
+order that rotates from benchmark to benchmark and round to round, so the allocators of one row are
+measured within seconds of each other and drift of the machine (load from other work comes and
+goes over seconds to minutes) spreads over all of them instead of biasing whichever ran last. The
+reported value is the median over rounds; benchmark's own --benchmark_repetitions would run the
+repetitions back to back and is not used. Single-thread benchmarks are pinned to one CPU (no
+migrations); the two-thread ones get every CPU. On a machine
 shared with other work, --metric cpu compares CPU time per operation instead of wall-clock time:
 time spent descheduled then does not count (cross-thread rows stay on wall-clock time, since the
 consumer thread's CPU time is not the benchmark's to measure).
@@ -44,11 +46,6 @@ PEERS = [
 ALL = ["tieralloc"] + [p[0] for p in PEERS] + ["memkind"]
 RATIO_PEERS = ["jemalloc", "glibc", "memkind"]
 
-# Benchmark groups, one process each: (name, filter, pinned to one CPU).
-GROUPS = [
-    ("single-thread", r"^BM_MallocFree/[0-9]+/real_time$", True),
-    ("multi-thread", r"threads:2|^BM_CrossThreadFree/", False),
-]
 
 
 class BenchError(Exception):
@@ -100,21 +97,32 @@ def allocator_specs(build, selected):
     return specs
 
 
-def run_group(name, spec, group, min_time, pin_cpu):
-    gname, gfilter, pinned = group
-    cmd = [spec["exe"], "--benchmark_format=json", f"--benchmark_filter={gfilter}",
+def list_benchmarks(exe):
+    p = subprocess.run([exe, "--benchmark_list_tests"], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise BenchError(f"{exe} --benchmark_list_tests exited with status {p.returncode}\n{p.stderr}")
+    return p.stdout.split()
+
+
+def single_threaded(bench):
+    return "threads:" not in bench and not bench.startswith("BM_CrossThreadFree")
+
+
+def run_benchmark(name, spec, bench, min_time, pin_cpu):
+    """One benchmark under one allocator, in a process of its own."""
+    cmd = [spec["exe"], "--benchmark_format=json", f"--benchmark_filter=^{re.escape(bench)}$",
            f"--benchmark_min_time={min_time}"]
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)  # an inherited preload would pick the allocator for every run
     if spec["preload"]:
         env["LD_PRELOAD"] = spec["preload"]
-    cpus = {pin_cpu} if pinned else None
+    cpus = {pin_cpu} if single_threaded(bench) else None
     try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800,
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     except subprocess.TimeoutExpired:
-        raise BenchError(f"{name}: {gname} benchmarks did not finish in 30 minutes")
-    where = f"{name} ({gname}: {'LD_PRELOAD=' + spec['preload'] + ' ' if spec['preload'] else ''}{' '.join(cmd)})"
+        raise BenchError(f"{name}: {bench} did not finish in 10 minutes")
+    where = f"{name} ({'LD_PRELOAD=' + spec['preload'] + ' ' if spec['preload'] else ''}{' '.join(cmd)})"
     tail = "\n".join(p.stderr.strip().splitlines()[-15:])
     if p.returncode < 0:
         raise BenchError(f"{where} crashed: {signal.Signals(-p.returncode).name}\n{tail}")
@@ -186,20 +194,22 @@ def main():
 
     try:
         specs = allocator_specs(args.build, selected)
+        benches = list_benchmarks(next(iter(specs.values()))["exe"])
         cpus = sorted(os.sched_getaffinity(0))
         pin_cpu = cpus[-1]
         samples = {a: {} for a in selected}  # allocator -> benchmark -> [run, ...]
         context, loads = None, []
         for r in range(args.rounds):
-            order = selected[r % len(selected):] + selected[:r % len(selected)]
-            for name in order:
-                loads.append(loadavg())
-                print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
-                for group in GROUPS:
-                    rows, ctx = run_group(name, specs[name], group, args.min_time, pin_cpu)
+            print(f"round {r + 1}/{args.rounds}: {len(benches)} benchmarks x {len(selected)} allocators",
+                  file=sys.stderr, flush=True)
+            loads.append(loadavg())
+            for i, bench in enumerate(benches):
+                k = (r + i) % len(selected)
+                for name in selected[k:] + selected[:k]:
+                    rows, ctx = run_benchmark(name, specs[name], bench, args.min_time, pin_cpu)
                     context = context or ctx
-                    for bench, v in rows.items():
-                        samples[name].setdefault(bench, []).append(v)
+                    for b, v in rows.items():
+                        samples[name].setdefault(b, []).append(v)
         loads.append(loadavg())
     except BenchError as e:
         print(f"compare_allocators: error: {e}", file=sys.stderr)
@@ -240,7 +250,7 @@ def main():
                     "peer's (above 1: tieralloc slower)",
         settings=dict(rounds=args.rounds, min_time_s=args.min_time, metric=args.metric, pinned_cpu_single_thread=pin_cpu,
                       cpus=cpus, slower_threshold=SLOWER_THRESHOLD),
-        host=dict(kernel=platform.release(), loadavg_1min_per_run=loads),
+        host=dict(kernel=platform.release(), loadavg_1min_per_round=loads),
         benchmark_context=context,
         allocators={a: dict(executable=os.path.abspath(s["exe"]), preload=s["preload"]) for a, s in specs.items()},
         benchmarks=results,
