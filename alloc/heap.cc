@@ -19,6 +19,13 @@
 #include "os/memory.h"
 
 
+// jemalloc reads this at start-up, before MALLOC_CONF (which still overrides it). Thread caches up
+// to 1 MiB instead of jemalloc's 32 KiB: a malloc/free of 64 KiB-1 MiB otherwise takes the arena
+// path every time (measured ~240 ns of CPU against ~40 ns cached and glibc's ~27 ns). At most 8
+// blocks per large size class per thread, and jemalloc's incremental tcache GC returns idle ones.
+extern "C" __attribute__((visibility("default"))) const char* malloc_conf;
+const char* malloc_conf = "tcache_max:1048576,tcache_nslots_large:8";
+
 namespace tieralloc::alloc {
 namespace {
 

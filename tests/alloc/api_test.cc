@@ -90,6 +90,15 @@ TEST(Placement, PlainMallocIsTieralloc) {
   delete s;
 }
 
+extern "C" int mallctl(const char*, void*, size_t*, void*, size_t);
+
+TEST(Placement, JemallocRunsWithTierallocsConfiguration) {
+  if (!kMallocIsTieralloc) GTEST_SKIP() << "a sanitizer interposes malloc in this build";
+  size_t tcache_max = 0, sz = sizeof tcache_max;
+  ASSERT_EQ(mallctl("opt.tcache_max", &tcache_max, &sz, nullptr, 0), 0);
+  EXPECT_EQ(tcache_max, size_t{1} << 20);
+}
+
 TEST(Placement, HintsPickFastestAndSlowest) {
   void* hot = tieralloc_mallocx(4096, TIERALLOC_HOT);
   void* cold = tieralloc_mallocx(4096, TIERALLOC_COLD);
