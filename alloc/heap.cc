@@ -374,6 +374,10 @@ void do_init() {
   pthread_key_create(&h.tcache_key, destroy_thread_tcaches);
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
   h.ntiers.store(ntiers, std::memory_order_release);  // ends bootstrap placement
+  // Discovery's own garbage (opendir buffers of 32 KiB and more) would otherwise stay as a dirty
+  // extent that every later large allocation splits and merges back: 4232 instead of 2547
+  // instructions per 64 KiB malloc/free (callgrind) until jemalloc's decay clears it seconds later.
+  mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0);
 }
 
 }  // namespace
