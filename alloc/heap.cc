@@ -251,9 +251,8 @@ void* hook_alloc(extent_hooks_t* hooks, void* new_addr, size_t size, size_t alig
 // the multi-arena stress test). Retained memory is purged, not resident, and stays on its tier.
 bool hook_dalloc(extent_hooks_t*, void*, size_t, bool, unsigned) { return true; }
 
-void hook_destroy(extent_hooks_t* h, void* addr, size_t size, bool committed, unsigned arena) {
-  hook_dalloc(h, addr, size, committed, arena);
-}
+// Destroy (arena destruction) must give the memory back, unlike dalloc: nothing retains it after.
+void hook_destroy(extent_hooks_t*, void* addr, size_t size, bool, unsigned) { unmap_extent(addr, size); }
 
 bool hook_purge_forced(extent_hooks_t*, void* addr, size_t, size_t offset, size_t length, unsigned) {
   // The range keeps its NUMA policy: the next touch faults in on the same tier.
