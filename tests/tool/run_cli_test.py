@@ -8,19 +8,10 @@ import subprocess
 import sys
 import tempfile
 
+from cli_check import check, clean_env, finish
+
 tool = sys.argv[1]
-failures = 0
-
-
-def check(cond, what):
-    global failures
-    print(("ok      " if cond else "FAILED  ") + what)
-    if not cond:
-        failures += 1
-
-
-env = {k: v for k, v in os.environ.items() if not k.startswith("TIERALLOC_") and k != "LD_PRELOAD"}
-env["LC_ALL"] = "C"
+env = clean_env(LC_ALL="C")
 
 with tempfile.TemporaryDirectory() as d:
     data = os.path.join(d, "lines.txt")
@@ -59,5 +50,4 @@ r = subprocess.run(["sh", "-c", "exit 3"], env=env)
 r = subprocess.run([tool, "run", "--", "sh", "-c", "exit 3"], env=env)
 check(r.returncode == 3, "the program's own exit status comes back")
 
-print("run_cli: %d failure(s)" % failures)
-sys.exit(1 if failures else 0)
+finish("run_cli")

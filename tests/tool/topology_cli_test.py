@@ -7,21 +7,13 @@ import subprocess
 import sys
 import tempfile
 
+from cli_check import check, clean_env, finish
+
 tool, fixtures = sys.argv[1], sys.argv[2]
-failures = 0
-
-
-def check(cond, what):
-    global failures
-    print(("ok      " if cond else "FAILED  ") + what)
-    if not cond:
-        failures += 1
 
 
 def run(args, env_extra=None):
-    env = dict(os.environ)
-    env.pop("TIERALLOC_TIERS", None)
-    env.update(env_extra or {})
+    env = clean_env(**(env_extra or {}))
     return subprocess.run([tool] + args, capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -71,5 +63,4 @@ check(r.returncode == 2 and "unknown option" in r.stderr, "bad option: exit 2 wi
 r = run(["frobnicate"])
 check(r.returncode == 2, "unknown command: exit 2")
 
-print(f"topology_cli: {failures} failure(s)")
-sys.exit(1 if failures else 0)
+finish("topology_cli")
