@@ -387,14 +387,20 @@ void rank(Topology& t) {
     return out;
   };
 
+  // Node ids grouped by an ordered key, lowest key first.
+  auto group_by_key = [&](auto key) {
+    std::map<int, std::vector<int>> by_key;
+    for (const Node* n : usable) by_key[key(n)].push_back(n->id);
+    std::vector<std::vector<int>> groups;
+    for (auto& [k, g] : by_key) groups.push_back(std::move(g));
+    return groups;
+  };
+
   // 1. The kernel's memory tiers, when it separates the usable nodes at all.
   bool all_kernel = std::all_of(usable.begin(), usable.end(), [](const Node* n) { return n->kernel_tier.has_value(); });
   if (all_kernel) {
-    std::map<int, std::vector<int>> by_tier;
-    for (const Node* n : usable) by_tier[*n->kernel_tier].push_back(n->id);
-    if (by_tier.size() > 1) {
-      std::vector<std::vector<int>> groups;
-      for (auto& [id, g] : by_tier) groups.push_back(g);
+    auto groups = group_by_key([](const Node* n) { return *n->kernel_tier; });
+    if (groups.size() > 1) {
       assign(t, groups);
       t.ranked_by = "memory_tiering";
       return;
@@ -410,16 +416,10 @@ void rank(Topology& t) {
     }
   }
   // 3. What the dax devices say the memory is.
-  {
-    std::map<int, std::vector<int>> by_kind;
-    for (const Node* n : usable) by_kind[kind_order(n->kind)].push_back(n->id);
-    if (by_kind.size() > 1) {
-      std::vector<std::vector<int>> groups;
-      for (auto& [k, g] : by_kind) groups.push_back(g);
-      assign(t, groups);
-      t.ranked_by = "dax";
-      return;
-    }
+  if (auto groups = group_by_key([](const Node* n) { return kind_order(n->kind); }); groups.size() > 1) {
+    assign(t, groups);
+    t.ranked_by = "dax";
+    return;
   }
   // 4. Distances: memory as close as another socket's DRAM is one tier with it; CPU-less memory
   // farther than that is slower, grouped by how far.
