@@ -9,6 +9,7 @@
 #include "alloc/heap.h"
 #include "alloc/process_topology.h"
 #include "tieralloc/tieralloc.h"
+#include "tiering/engine.h"
 
 namespace tieralloc::alloc {
 namespace {
@@ -131,6 +132,16 @@ extern "C" int tieralloc_move(void* addr, size_t len, int tier) {
   }
   if (len == 0) return 0;
   int rc = heap_move(addr, len, tier);
+  if (rc < 0) {
+    errno = -rc;
+    return -1;
+  }
+  return 0;
+}
+
+extern "C" int tieralloc_hint(void* addr, size_t len, int hint) {
+  heap_init();
+  int rc = tieralloc::tiering::engine_hint(addr, len, hint);
   if (rc < 0) {
     errno = -rc;
     return -1;

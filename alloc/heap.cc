@@ -182,6 +182,56 @@ int place(const Policy& p, size_t size, int* node) {
   return t;
 }
 
+// The ranges mapped for jemalloc, for the tiering engine to walk. Changes come from extent hooks
+// (jemalloc locks held, so no malloc here) and are rare: jemalloc grows its address space in
+// geometrically larger steps and retains it. A spin lock guards a fixed table.
+class RangeRegistry {
+ public:
+  void add(uintptr_t addr, size_t len) {
+    Guard g(lock_);
+    // Past the table's end a range is still placed and usable, just never sampled for heat.
+    if (count_ < kCapacity) ranges_[count_++] = MappedRange{addr, len};
+  }
+  // Removes [addr, addr+len) from whichever ranges overlap it (destroy may unmap part of one).
+  void remove(uintptr_t addr, size_t len) {
+    Guard g(lock_);
+    uintptr_t end = addr + len;
+    for (size_t i = 0; i < count_;) {
+      MappedRange r = ranges_[i];
+      uintptr_t r_end = r.addr + r.len;
+      if (r_end <= addr || r.addr >= end) {
+        ++i;
+        continue;
+      }
+      ranges_[i] = ranges_[--count_];
+      if (r.addr < addr) push(MappedRange{r.addr, addr - r.addr});
+      if (r_end > end) push(MappedRange{end, r_end - end});
+    }
+  }
+  size_t copy(MappedRange* out, size_t max) {
+    Guard g(lock_);
+    for (size_t i = 0; i < count_ && i < max; ++i) out[i] = ranges_[i];
+    return count_;
+  }
+
+ private:
+  static constexpr size_t kCapacity = 16384;
+  struct Guard {
+    explicit Guard(std::atomic_flag& f) : f_(f) {
+      while (f_.test_and_set(std::memory_order_acquire)) sched_yield();
+    }
+    ~Guard() { f_.clear(std::memory_order_release); }
+    std::atomic_flag& f_;
+  };
+  void push(MappedRange r) {
+    if (count_ < kCapacity) ranges_[count_++] = r;
+  }
+  std::atomic_flag lock_ = ATOMIC_FLAG_INIT;
+  size_t count_ = 0;
+  MappedRange ranges_[kCapacity] = {};
+};
+constinit RangeRegistry g_ranges;
+
 // Subtracts the managed pages of [addr, addr+size) from their tiers' usage and clears them.
 void release_range(uintptr_t addr, size_t size) {
   PageMap& map = page_map();
@@ -220,6 +270,7 @@ void* map_extent(const Policy& p, void* new_addr, size_t size, size_t alignment)
     return nullptr;
   }
   ts.extents.fetch_add(1, std::memory_order_relaxed);
+  g_ranges.add(reinterpret_cast<uintptr_t>(addr), size);
   uint64_t used = ts.used.load(std::memory_order_relaxed), peak = ts.peak.load(std::memory_order_relaxed);
   while (used > peak && !ts.peak.compare_exchange_weak(peak, used, std::memory_order_relaxed)) {
   }
@@ -227,6 +278,7 @@ void* map_extent(const Policy& p, void* new_addr, size_t size, size_t alignment)
 }
 
 void unmap_extent(void* addr, size_t size) {
+  g_ranges.remove(reinterpret_cast<uintptr_t>(addr), size);
   release_range(reinterpret_cast<uintptr_t>(addr), size);
   os::unmap(addr, size);
 }
@@ -551,6 +603,60 @@ int heap_move(void* addr, size_t len, int tier) {
   return failed ? -EBUSY : 0;
 }
 
+size_t heap_mapped_ranges(MappedRange* out, size_t max) { return g_ranges.copy(out, max); }
+
+bool heap_emulated() { return g_heap.emulated; }
+
+size_t heap_migrate_pages(const uintptr_t* pages, size_t n, int tier, int* status) {
+  if (tier < 0 || tier >= heap_tier_count()) {
+    for (size_t i = 0; i < n; ++i) status[i] = -EINVAL;
+    return 0;
+  }
+  PageMap& map = page_map();
+  TierState& dst = g_heap.tiers[tier];
+  const int node = nearest_node(dst);
+  size_t moved = 0, failed = 0;
+  constexpr size_t kBatch = 256;
+  void* batch[kBatch];
+  int nodes[kBatch];
+  for (size_t base = 0; base < n; base += kBatch) {
+    size_t m = std::min(kBatch, n - base);
+    if (!g_heap.emulated) {
+      for (size_t i = 0; i < m; ++i) batch[i] = reinterpret_cast<void*>(pages[base + i]), nodes[i] = node;
+      long rc = os::move_pages(m, batch, nodes, status + base);
+      if (rc < 0)
+        for (size_t i = 0; i < m; ++i) status[base + i] = static_cast<int>(rc);
+    }
+    for (size_t i = 0; i < m; ++i) {
+      int& st = status[base + i];
+      PageEntry e = map.get(pages[base + i]);
+      if (!e.managed()) {
+        st = -EFAULT;
+        continue;
+      }
+      if (!g_heap.emulated) {
+        if (st != node) {
+          if (st != -ENOENT) ++failed;
+          if (st >= 0) st = -EAGAIN;  // landed elsewhere (target node full): try again later
+          continue;
+        }
+        st = 0;
+      } else {
+        st = 0;
+      }
+      map.retier(pages[base + i], os::kPageSize, static_cast<uint8_t>(tier), static_cast<uint16_t>(node));
+      if (e.tier < kMaxTiers && e.tier != tier) {
+        g_heap.tiers[e.tier].used.fetch_sub(os::kPageSize, std::memory_order_relaxed);
+        dst.used.fetch_add(os::kPageSize, std::memory_order_relaxed);
+      }
+      ++moved;
+    }
+  }
+  g_heap.moved_bytes.fetch_add(moved * os::kPageSize, std::memory_order_relaxed);
+  g_heap.move_failed_pages.fetch_add(failed, std::memory_order_relaxed);
+  return moved;
+}
+
 void heap_jemalloc_stats(uint64_t* allocated, uint64_t* resident) {
   uint64_t epoch = 1;
   size_t sz = sizeof epoch;
@@ -561,6 +667,18 @@ void heap_jemalloc_stats(uint64_t* allocated, uint64_t* resident) {
   mallctl("stats.resident", &r, &sz, nullptr, 0);
   *allocated = a;
   *resident = r;
+}
+
+struct StatsSection {
+  const char* name;
+  std::string (*fn)();
+};
+constinit StatsSection g_sections[4] = {};
+constinit std::atomic<int> g_nsections{0};
+
+void heap_add_stats_section(const char* name, std::string (*fn)()) {
+  int i = g_nsections.load();
+  if (i < 4) g_sections[i] = StatsSection{name, fn}, g_nsections.store(i + 1);
 }
 
 std::string heap_stats_json() {
@@ -595,6 +713,9 @@ std::string heap_stats_json() {
            static_cast<unsigned long long>(g_heap.bind_failures.load()), page_map().metadata_bytes(),
            static_cast<unsigned long long>(allocated), static_cast<unsigned long long>(resident));
   o += buf;
+  o.pop_back();  // the closing brace, after the sections
+  for (int i = 0; i < g_nsections.load(); ++i) o += std::string(", \"") + g_sections[i].name + "\": " + g_sections[i].fn();
+  o += "}";
   return o;
 }
 

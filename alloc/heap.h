@@ -63,9 +63,26 @@ int heap_tier_of(const void* addr);
 // Moves the pages covering [addr, addr+len) to tier; 0 or -errno.
 int heap_move(void* addr, size_t len, int tier);
 
+// Every address range tieralloc has mapped for jemalloc (extents, retained or in use), so the
+// tiering engine can find the pages it tracks. Copies up to max; returns how many exist.
+struct MappedRange {
+  uintptr_t addr;
+  size_t len;
+};
+size_t heap_mapped_ranges(MappedRange* out, size_t max);
+bool heap_emulated();
+
+// Migrates single pages to tier with move_pages(2), leaving each range's binding alone (per-page
+// mbind would split VMAs towards vm.max_map_count). status[i]: 0 moved (or, emulated, re-tiered
+// in the page map), -ENOENT not resident (nothing to move), other -errno (left where it was; the
+// caller may retry). Returns the number moved.
+size_t heap_migrate_pages(const uintptr_t* pages, size_t n, int tier, int* status);
+
 // jemalloc's figures: allocated and resident bytes (after refreshing its epoch).
 void heap_jemalloc_stats(uint64_t* allocated, uint64_t* resident);
-// Statistics document (JSON) as served by tieralloc_stats_json.
+// Statistics document (JSON) as served by tieralloc_stats_json and TIERALLOC_STATS. Layers above
+// the heap (tiering, poison) add a member each: "name": fn(), where fn returns a JSON value.
 std::string heap_stats_json();
+void heap_add_stats_section(const char* name, std::string (*fn)());
 
 }  // namespace tieralloc::alloc

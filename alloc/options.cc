@@ -16,6 +16,15 @@ const std::vector<OptionDoc>& option_docs() {
        "this process's budget on tier 0 (K/M/G/T suffixes, or percent of the tier's capacity); plain "
        "allocations spill to the next tier past it (default: the tier's free memory)"},
       {"TIERALLOC_STATS", "stderr|PATH", "write per-tier statistics (JSON) at exit"},
+      {"TIERALLOC_POLICY", "auto|static",
+       "auto (default): the tiering engine migrates pages by measured heat when there are two tiers or "
+       "more; static: placement only, pages move only through tieralloc_move/tieralloc_hint"},
+      {"TIERALLOC_SAMPLER", "off|on|N%",
+       "the hinting-fault heat sampler that drives automatic migration: off (default), on (at most 1% of "
+       "one core) or its CPU budget in percent of one core (0.1% to 50%). Opt-in because a system call "
+       "that writes into a page under sampling (read(2) into a heap buffer) fails with EFAULT"},
+      {"TIERALLOC_MIGRATE_RATE", "SIZE",
+       "bytes per second the tiering engine may migrate (K/M/G suffixes; default 256M)"},
   };
   return docs;
 }
@@ -38,6 +47,32 @@ Options options_from_env(std::vector<std::string>& warnings) {
                          "' is not a size (like 512M or 2G) or a percentage from 1% to 100%; no fast-tier budget is applied");
   }
   if (const char* v = secure_getenv("TIERALLOC_STATS"); v && *v) o.stats = v;
+  if (const char* v = secure_getenv("TIERALLOC_POLICY"); v && *v) {
+    std::string_view s = os::trim(v);
+    if (s == "static") o.migrate = false;
+    else if (s != "auto")
+      warnings.push_back("TIERALLOC_POLICY='" + std::string(v) + "' is neither auto nor static; using auto");
+  }
+  if (const char* v = secure_getenv("TIERALLOC_SAMPLER"); v && *v) {
+    std::string_view s = os::trim(v);
+    if (s == "on") {
+      o.sampler_cpu_percent = 1.0;
+    } else if (s != "off" && s != "0") {
+      char* end = nullptr;
+      std::string num(s.substr(0, s.empty() ? 0 : s.size() - 1));
+      double pct = !s.empty() && s.back() == '%' && !num.empty() ? std::strtod(num.c_str(), &end) : -1;
+      if (end && *end == '\0' && pct >= 0.1 && pct <= 50) o.sampler_cpu_percent = pct;
+      else
+        warnings.push_back("TIERALLOC_SAMPLER='" + std::string(v) +
+                           "' is not on, off or a CPU budget from 0.1% to 50%; the sampler stays off");
+    }
+  }
+  if (const char* v = secure_getenv("TIERALLOC_MIGRATE_RATE"); v && *v) {
+    if (auto bytes = os::parse_size(os::trim(v)); bytes && *bytes >= 4096) o.migrate_rate = *bytes;
+    else
+      warnings.push_back("TIERALLOC_MIGRATE_RATE='" + std::string(v) +
+                         "' is not a rate in bytes per second of at least 4K (like 64M); using 256M");
+  }
   return o;
 }
 

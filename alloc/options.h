@@ -16,6 +16,13 @@ struct Options {
   double fast_limit_percent = 0;
   // TIERALLOC_STATS: "" (off), "stderr", or a file path; statistics written at exit.
   std::string stats;
+  // TIERALLOC_POLICY: automatic migration by heat (default) or static placement only.
+  bool migrate = true;
+  // TIERALLOC_SAMPLER: the hinting-fault sampler's CPU budget, percent of one core; 0 = off (the
+  // default: see tiering/sampler.h for why it is opt-in).
+  double sampler_cpu_percent = 0;
+  // TIERALLOC_MIGRATE_RATE: bytes per second the engine may move.
+  uint64_t migrate_rate = uint64_t{256} << 20;
 };
 
 struct OptionDoc {

@@ -13,6 +13,7 @@
 #include "alloc/options.h"
 #include "alloc/process_topology.h"
 #include "os/fs.h"
+#include "tiering/engine.h"
 
 extern "C" {
 void* valloc(size_t size);
@@ -124,6 +125,12 @@ __attribute__((constructor(101))) void tieralloc_start() {
   heap_init();
   std::vector<std::string> ignored;  // heap_init already warned about bad options
   Options o = options_from_env(ignored);
+  heap_add_stats_section("tiering", tiering::engine_stats_json);
+  tiering::EngineConfig ec;
+  ec.migrate = o.migrate;
+  ec.sampler_cpu_percent = o.sampler_cpu_percent;
+  ec.migrate_rate = o.migrate_rate;
+  tiering::engine_start(ec);
   if (!o.stats.empty()) {
     if (o.stats.size() >= sizeof g_stats_dest) {
       warn("TIERALLOC_STATS: path too long; no statistics at exit");

@@ -60,6 +60,12 @@ int tieralloc_tier_of(const void *addr);
  * tieralloc manages keep the new tier when refaulted. 0, or -1 + errno: EINVAL (bad tier or
  * NULL), EBUSY (some pages could not move now; counted in stats), EFAULT. */
 int tieralloc_move(void *addr, size_t len, int tier);
+/* Pins the pages covering [addr, addr+len) to where the hint says and moves them there now:
+ * TIERALLOC_HOT = the fastest tier, TIERALLOC_COLD = the slowest; the tiering engine then leaves
+ * them there whatever their measured heat. hint 0 removes the pin (the pages stay where they are
+ * until heat moves them). 0, or -1 + errno: EINVAL (NULL, len 0, another hint value), EBUSY (some
+ * pages could not move now), EFAULT. */
+int tieralloc_hint(void *addr, size_t len, int hint);
 /* Statistics as JSON (per-tier bytes, budgets, fallbacks, moves) with snprintf semantics:
  * returns the length of the whole document; writes at most len bytes including the NUL. */
 int tieralloc_stats_json(char *buf, size_t len);

@@ -1,0 +1,411 @@
+#include "tiering/engine.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <mutex>
+#include <new>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+#include "alloc/heap.h"
+#include "alloc/pagemap.h"
+#include "alloc/process_topology.h"
+#include "os/memory.h"
+#include "tiering/policy.h"
+#include "tiering/sampler.h"
+#include "tieralloc/tieralloc.h"
+
+namespace tieralloc::tiering {
+namespace {
+
+using alloc::heap_tier_count;
+using alloc::page_map;
+
+constexpr uint32_t kPolicyEvery = 4;  // periods between policy rounds
+
+uint64_t now_ns(clockid_t clock = CLOCK_MONOTONIC) {
+  struct timespec ts;
+  clock_gettime(clock, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+struct RunRecord {
+  float heat = 0;
+  uint32_t stamp = 0;  // period of the last heat update
+  uint32_t moved = PageHeat::kNever;
+};
+
+struct Pin {
+  uintptr_t start, end;
+};
+
+// Hint pins outlive the engine (hints work under TIERALLOC_POLICY=static too).
+std::mutex g_pin_lock;
+std::vector<Pin>* g_pins = nullptr;
+
+bool pinned(uintptr_t page) {
+  if (!g_pins) return false;
+  for (const Pin& p : *g_pins)
+    if (page >= p.start && page < p.end) return true;
+  return false;
+}
+
+struct Engine {
+  EngineConfig cfg;
+  std::atomic<bool> stop{false};
+  bool running = false;
+  bool forked_child = false;
+  pthread_t thread{};
+  std::mutex window_lock;  // held while runs are armed and while pages move; fork waits on it
+  Sampler sampler;
+  std::unordered_map<uintptr_t, RunRecord> heat;  // by run address
+  std::mt19937_64 rng{0x7469657261ull};
+  uint32_t period = 0;
+  std::atomic<double> runs_per_period{64};
+  std::atomic<double> window_us{1000};  // adapted so that a useful share of sampled pages is touched
+  uint64_t tokens = 0, refilled_ns = 0;
+  bool kernel_promotes = false;
+
+  // Figures for the stats document.
+  std::atomic<uint64_t> periods{0}, sampled_runs{0}, touched_runs{0};
+  std::atomic<uint64_t> promoted_bytes{0}, demoted_bytes{0}, failed_pages{0}, deferred_bytes{0}, cooling_runs{0};
+  std::atomic<uint64_t> sampler_cpu_ns{0}, policy_cpu_ns{0}, started_ns{0};
+  std::atomic<float> hot_threshold{0};
+  std::atomic<size_t> tracked_runs{0};
+  std::atomic<double> sampler_cpu_percent{0};
+};
+
+Engine* g_engine = nullptr;
+const char* g_off_reason = "off: not started";
+
+// Spans of up to 2 MiB (32 runs), chosen at random over the mapped ranges, each with at least one
+// resident page (mincore): sampling untouched address space would only find it cold again.
+constexpr size_t kSpanRuns = 32;
+
+size_t choose_spans(Engine& e, Sampler::Span* out, size_t max_spans, size_t want_runs) {
+  static alloc::MappedRange ranges[4096];
+  static unsigned char resident[kSpanRuns * kRunPages];
+  size_t nranges = std::min<size_t>(alloc::heap_mapped_ranges(ranges, 4096), 4096);
+  std::vector<uint64_t> cumulative;
+  uint64_t total = 0;
+  for (size_t i = 0; i < nranges; ++i) {
+    uintptr_t first = (ranges[i].addr + kRunBytes - 1) & ~(kRunBytes - 1);
+    uintptr_t end = (ranges[i].addr + ranges[i].len) & ~(kRunBytes - 1);
+    total += end > first ? (end - first) / kRunBytes : 0;
+    cumulative.push_back(total);
+  }
+  if (!total) return 0;
+  size_t n = 0, runs = 0;
+  for (size_t attempt = 0; attempt < 4 * max_spans && n < max_spans && runs < want_runs; ++attempt) {
+    uint64_t pick = e.rng() % total;
+    size_t r = static_cast<size_t>(std::upper_bound(cumulative.begin(), cumulative.end(), pick) - cumulative.begin());
+    uint64_t before = r ? cumulative[r - 1] : 0;
+    uintptr_t first = (ranges[r].addr + kRunBytes - 1) & ~(kRunBytes - 1);
+    uintptr_t end = (ranges[r].addr + ranges[r].len) & ~(kRunBytes - 1);
+    // The 2 MiB-aligned block around the picked run, clipped to the range.
+    uintptr_t run = first + (pick - before) * kRunBytes;
+    uintptr_t lo = std::max(first, run & ~(kSpanRuns * kRunBytes - 1));
+    uintptr_t hi = std::min(end, lo + kSpanRuns * kRunBytes);
+    hi = std::min<uintptr_t>(hi, lo + (want_runs - runs) * kRunBytes);
+    bool overlaps = false;
+    for (size_t k = 0; k < n; ++k)
+      overlaps |= lo < out[k].addr + out[k].runs * kRunBytes && out[k].addr < hi;
+    if (overlaps || hi <= lo || mincore(reinterpret_cast<void*>(lo), hi - lo, resident) != 0) continue;
+    bool any = false;
+    for (size_t i = 0; i < (hi - lo) / 4096; ++i) any |= resident[i] & 1;
+    if (!any) continue;
+    out[n++] = Sampler::Span{lo, (hi - lo) / kRunBytes};
+    runs += (hi - lo) / kRunBytes;
+  }
+  return n;
+}
+
+float decayed(const Engine& e, const RunRecord& r) {
+  double dt = static_cast<double>(e.period - r.stamp) * e.cfg.period_ms / 1000.0;
+  return static_cast<float>(r.heat * std::exp2(-dt / e.cfg.half_life_s));
+}
+
+// One sampling window: arm, wait, disarm, fold the touches into page heat. A touch soon after
+// arming means a hot page: the score grows with log2(window / time to first touch).
+void sample(Engine& e) {
+  uint64_t cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID), h0 = Sampler::handler_ns();
+  static Sampler::Span spans[Sampler::kMaxSpans];
+  static RunResult results[Sampler::kMaxRuns];
+  size_t want = std::clamp<size_t>(static_cast<size_t>(e.runs_per_period.load()), 1, Sampler::kMaxRuns);
+  size_t n = choose_spans(e, spans, Sampler::kMaxSpans, want);
+  size_t got = 0;
+  {
+    std::lock_guard<std::mutex> g(e.window_lock);
+    e.sampler.arm(spans, n);
+    struct timespec w = {0, static_cast<long>(e.window_us.load() * 1000)};
+    while (nanosleep(&w, &w) != 0 && errno == EINTR) {
+    }
+    got = e.sampler.disarm(results);
+  }
+  uint64_t touched = 0;
+  for (size_t i = 0; i < got; ++i) {
+    uint32_t us = results[i].fault_us;
+    float score = 0;
+    if (us) {
+      ++touched;
+      score = 1.0f + static_cast<float>(std::clamp(std::log2(e.window_us.load() / us), 0.0, 11.0));
+    }
+    RunRecord& r = e.heat[results[i].run];
+    r.heat = decayed(e, r) + score;
+    r.stamp = e.period;
+  }
+  // A window in which almost nothing is touched learns nothing; one in which almost everything is
+  // cannot tell hot from warm and costs a fault per page. Aim between.
+  if (got) {
+    double share = static_cast<double>(touched) / static_cast<double>(got);
+    double w = e.window_us.load();
+    if (share < 0.02) w *= 1.25;
+    else if (share > 0.25) w /= 1.25;
+    e.window_us.store(std::clamp(w, 100.0, 20000.0));
+  }
+  e.sampled_runs.fetch_add(got, std::memory_order_relaxed);
+  e.touched_runs.fetch_add(touched, std::memory_order_relaxed);
+
+  // The sampler's cost: this thread's CPU for the window plus every fault handler it caused.
+  uint64_t cost = now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0 + (Sampler::handler_ns() - h0);
+  e.sampler_cpu_ns.fetch_add(cost, std::memory_order_relaxed);
+  double percent = 100.0 * static_cast<double>(cost) / (e.cfg.period_ms * 1e6);
+  double budget = e.cfg.sampler_cpu_percent;
+  double ratio = percent > 0 ? budget / percent : 2.0;
+  e.runs_per_period = std::clamp(e.runs_per_period.load() * std::clamp(ratio, 0.5, 1.25), 1.0, double(Sampler::kMaxRuns));
+  double prev = e.sampler_cpu_percent.load(std::memory_order_relaxed);
+  e.sampler_cpu_percent.store(prev * 0.9 + percent * 0.1, std::memory_order_relaxed);
+}
+
+// One policy round: heat and tier of every tracked run, the plan, and the moves.
+void migrate(Engine& e) {
+  uint64_t cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+  int ntiers = heap_tier_count();
+  std::vector<PageHeat> runs;
+  runs.reserve(e.heat.size());
+  {
+    std::lock_guard<std::mutex> g(g_pin_lock);
+    for (auto it = e.heat.begin(); it != e.heat.end();) {
+      alloc::PageEntry pe = page_map().get(it->first);
+      if (!pe.managed()) {
+        it = e.heat.erase(it);  // released by jemalloc's owner: no longer ours to track
+        continue;
+      }
+      if (!pinned(it->first)) runs.push_back(PageHeat{it->first, decayed(e, it->second), pe.tier, it->second.moved});
+      ++it;
+    }
+  }
+  e.tracked_runs.store(e.heat.size(), std::memory_order_relaxed);
+  std::vector<TierBudget> budgets(static_cast<size_t>(ntiers));
+  for (int t = 0; t < ntiers; ++t) {
+    alloc::TierCounters c = alloc::heap_tier_counters(t);
+    budgets[t].limit_bytes = c.limit_bytes == alloc::kNoLimit ? kUnlimited : c.limit_bytes;
+    budgets[t].used_bytes = c.used_bytes;
+  }
+  uint64_t now = now_ns();
+  if (e.refilled_ns) {
+    double add = static_cast<double>(e.cfg.migrate_rate) * static_cast<double>(now - e.refilled_ns) / 1e9;
+    e.tokens = std::min<uint64_t>(e.cfg.migrate_rate, e.tokens + static_cast<uint64_t>(add));
+  }
+  e.refilled_ns = now;
+
+  PolicyConfig pcfg;
+  pcfg.page_bytes = kRunBytes;
+  pcfg.cooldown_periods = 2 * kPolicyEvery * 5;  // two seconds at the default period
+  Plan plan = plan_moves(runs, budgets, pcfg, e.period, e.tokens);
+  if (!plan.thresholds.empty()) e.hot_threshold.store(plan.thresholds[0], std::memory_order_relaxed);
+  e.deferred_bytes.fetch_add(plan.deferred_bytes, std::memory_order_relaxed);
+  e.cooling_runs.fetch_add(plan.cooling_pages, std::memory_order_relaxed);
+  e.policy_cpu_ns.fetch_add(now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0, std::memory_order_relaxed);
+
+  // Moves grouped by destination, a batch of runs at a time; the window lock is taken per batch
+  // so fork() never waits long. A run moves page by page; it counts as moved when any page did
+  // (the rest were not resident: nothing to move).
+  constexpr size_t kBatchRuns = 16;
+  uintptr_t pages[kBatchRuns * kRunPages];
+  int status[kBatchRuns * kRunPages];
+  const Move* batch[kBatchRuns];
+  for (int to = 0; to < ntiers; ++to) {
+    size_t n = 0;
+    auto flush = [&] {
+      if (!n) return;
+      for (size_t i = 0; i < n; ++i)
+        for (size_t p = 0; p < kRunPages; ++p) pages[i * kRunPages + p] = batch[i]->page + p * 4096;
+      std::lock_guard<std::mutex> g(e.window_lock);
+      size_t moved = alloc::heap_migrate_pages(pages, n * kRunPages, to, status);
+      e.tokens -= std::min<uint64_t>(e.tokens, moved * 4096);
+      for (size_t i = 0; i < n; ++i) {
+        size_t ok = 0, failed = 0;
+        for (size_t p = 0; p < kRunPages; ++p) {
+          int st = status[i * kRunPages + p];
+          ok += st == 0;
+          failed += st != 0 && st != -ENOENT;  // busy, pinned, target full: retried in a later round
+        }
+        (to < batch[i]->from ? e.promoted_bytes : e.demoted_bytes).fetch_add(ok * 4096, std::memory_order_relaxed);
+        e.failed_pages.fetch_add(failed, std::memory_order_relaxed);
+        if (ok) {
+          auto it = e.heat.find(batch[i]->page);
+          if (it != e.heat.end()) it->second.moved = e.period;
+        }
+      }
+      n = 0;
+    };
+    for (const Move& m : plan.moves) {
+      if (m.to != to) continue;
+      if (m.to < m.from && e.kernel_promotes) continue;  // numa_balancing=2 promotes by itself
+      batch[n++] = &m;
+      if (n == kBatchRuns) flush();
+    }
+    flush();
+  }
+}
+
+void* engine_main(void* arg) {
+  Engine& e = *static_cast<Engine*>(arg);
+  pthread_setname_np(pthread_self(), "tieralloc-tier");
+  while (!e.stop.load(std::memory_order_relaxed)) {
+    uint64_t t0 = now_ns();
+    if (e.cfg.sampler_cpu_percent > 0) sample(e);
+    if (e.cfg.migrate && e.period % kPolicyEvery == 0) migrate(e);
+    ++e.period;
+    e.periods.fetch_add(1, std::memory_order_relaxed);
+    uint64_t spent = now_ns() - t0, period = uint64_t{e.cfg.period_ms} * 1000000;
+    if (spent < period) {
+      struct timespec ts = {static_cast<time_t>((period - spent) / 1000000000), static_cast<long>((period - spent) % 1000000000)};
+      while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+      }
+    }
+  }
+  return nullptr;
+}
+
+void atfork_prepare() {
+  if (g_engine && g_engine->running) g_engine->window_lock.lock();
+}
+void atfork_parent() {
+  if (g_engine && g_engine->running) g_engine->window_lock.unlock();
+}
+void atfork_child() {
+  if (!g_engine || !g_engine->running) return;
+  // The engine's thread does not exist here; the lock held in prepare belongs to nobody.
+  new (&g_engine->window_lock) std::mutex();
+  g_engine->running = false;
+  g_engine->forked_child = true;
+}
+
+}  // namespace
+
+bool engine_start(const EngineConfig& cfg) {
+  if (g_engine && g_engine->running) return true;
+  // Without a second tier nothing can move; without migration or a heat source there is nothing
+  // to decide. The stats say which.
+  if (heap_tier_count() < 2) g_off_reason = "off: one tier";
+  else if (!cfg.migrate) g_off_reason = "off: TIERALLOC_POLICY=static";
+  else if (cfg.sampler_cpu_percent <= 0) g_off_reason = "off: TIERALLOC_SAMPLER=off leaves no heat source";
+  else if (!Sampler::install()) g_off_reason = "off: the fault handler could not be installed";
+  else g_off_reason = nullptr;
+  if (g_off_reason) return false;
+  Engine* e = g_engine ? g_engine : new Engine;
+  e->cfg = cfg;
+  e->stop = false;
+  e->started_ns = now_ns();
+  const numa::Topology& topo = alloc::process_topology();
+  e->kernel_promotes = !topo.emulated && topo.kernel.numa_balancing >= 0 && (topo.kernel.numa_balancing & 2);
+  // The engine's thread takes no asynchronous signals: they belong to the application's threads
+  // (a program that sigwait()s in one thread must not see them delivered to ours).
+  sigset_t all, old;
+  sigfillset(&all);
+  sigdelset(&all, SIGSEGV);
+  sigdelset(&all, SIGBUS);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(&e->thread, nullptr, engine_main, e);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (rc != 0) {
+    if (!g_engine) delete e;
+    return false;
+  }
+  static bool atfork_registered = false;
+  if (!atfork_registered) pthread_atfork(atfork_prepare, atfork_parent, atfork_child), atfork_registered = true;
+  e->running = true;
+  g_engine = e;
+  return true;
+}
+
+void engine_stop() {
+  if (!g_engine || !g_engine->running) return;
+  g_engine->stop = true;
+  pthread_join(g_engine->thread, nullptr);
+  g_engine->running = false;
+}
+
+bool engine_running() { return g_engine && g_engine->running; }
+
+int engine_hint(void* addr, size_t len, int hint) {
+  if (!addr || !len || (hint != 0 && hint != TIERALLOC_HOT && hint != TIERALLOC_COLD)) return -EINVAL;
+  uintptr_t start = reinterpret_cast<uintptr_t>(addr) & ~uintptr_t{4095};
+  uintptr_t end = (reinterpret_cast<uintptr_t>(addr) + len + 4095) & ~uintptr_t{4095};
+  if (end <= start) return -EINVAL;
+  {
+    std::lock_guard<std::mutex> g(g_pin_lock);
+    if (!g_pins) g_pins = new std::vector<Pin>;
+    // A new hint replaces older ones over the same pages.
+    std::vector<Pin> kept;
+    for (const Pin& p : *g_pins) {
+      if (p.end <= start || p.start >= end) {
+        kept.push_back(p);
+        continue;
+      }
+      if (p.start < start) kept.push_back(Pin{p.start, start});
+      if (p.end > end) kept.push_back(Pin{end, p.end});
+    }
+    if (hint) kept.push_back(Pin{start, end});
+    g_pins->swap(kept);
+  }
+  if (!hint) return 0;
+  int tier = hint == TIERALLOC_HOT ? 0 : heap_tier_count() - 1;
+  return alloc::heap_move(reinterpret_cast<void*>(start), end - start, tier);
+}
+
+std::string engine_stats_json() {
+  const numa::Topology& topo = alloc::process_topology();
+  const Engine* e = g_engine;
+  char buf[1536];
+  if (!e) {
+    snprintf(buf, sizeof buf,
+             "{\"engine\": \"%s\", \"source\": \"none\", \"kernel\": {\"numa_balancing\": %d, \"demotion_enabled\": %s}}",
+             g_off_reason, topo.kernel.numa_balancing, topo.kernel.demotion_enabled ? (*topo.kernel.demotion_enabled ? "true" : "false") : "null");
+    return buf;
+  }
+  double wall_s = static_cast<double>(now_ns() - e->started_ns.load()) / 1e9;
+  auto u = [](const std::atomic<uint64_t>& a) { return static_cast<unsigned long long>(a.load(std::memory_order_relaxed)); };
+  double cpu_total = static_cast<double>(e->sampler_cpu_ns.load() + e->policy_cpu_ns.load()) / 1e9;
+  snprintf(buf, sizeof buf,
+           "{\"engine\": \"%s\", \"source\": \"%s\", \"migration\": \"%s\", \"policy\": \"%s\", "
+           "\"periods\": %llu, \"runs_per_period\": %.0f, \"sampled_runs\": %llu, \"touched_runs\": %llu, "
+           "\"window_us\": %.0f, \"faults\": %llu, \"tracked_runs\": %zu, \"hot_threshold\": %.3f, "
+           "\"sampler_cpu_percent\": %.3f, \"sampler_cpu_budget_percent\": %.2f, \"engine_cpu_percent\": %.3f, "
+           "\"promoted_bytes\": %llu, \"demoted_bytes\": %llu, \"failed_pages\": %llu, \"deferred_bytes\": %llu, "
+           "\"cooling_runs\": %llu, \"migrate_rate\": %llu, "
+           "\"kernel\": {\"numa_balancing\": %d, \"demotion_enabled\": %s, \"kernel_promotes\": %s}}",
+           e->running ? "running" : e->forked_child ? "stopped in forked child" : "stopped",
+           e->cfg.sampler_cpu_percent > 0 ? "sampler" : "none",
+           alloc::heap_emulated() ? "page map only (emulated tiers)" : "move_pages", e->cfg.migrate ? "auto" : "static",
+           u(e->periods), e->runs_per_period.load(), u(e->sampled_runs), u(e->touched_runs),
+           e->window_us.load(), static_cast<unsigned long long>(Sampler::faults()), e->tracked_runs.load(), e->hot_threshold.load(),
+           e->sampler_cpu_percent.load(), e->cfg.sampler_cpu_percent, wall_s > 0 ? 100.0 * cpu_total / wall_s : 0.0,
+           u(e->promoted_bytes), u(e->demoted_bytes), u(e->failed_pages), u(e->deferred_bytes), u(e->cooling_runs),
+           static_cast<unsigned long long>(e->cfg.migrate_rate), topo.kernel.numa_balancing,
+           topo.kernel.demotion_enabled ? (*topo.kernel.demotion_enabled ? "true" : "false") : "null",
+           e->kernel_promotes ? "true" : "false");
+  return buf;
+}
+
+}  // namespace tieralloc::tiering

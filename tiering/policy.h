@@ -1,0 +1,64 @@
+// The tiering policy: given each tracked page's heat and tier and each tier's budget, decide which
+// pages move where this period. Pure computation with no clock, no syscalls and no allocator state,
+// so it is tested with scripted heat (tests/tiering/policy_test.cc) and run unchanged by the engine.
+//
+// Heat is compared against one threshold per tier boundary, chosen from a histogram of page heat so
+// that the pages at or above threshold k fit in tiers 0..k (as Memtis does). A page is promoted only
+// when clearly above its boundary and demoted only when clearly below (a relative margin), and never
+// within a cool-down after its last move: together these keep a page at the boundary from bouncing.
+// Moves spend a byte budget (the migration rate limit), hottest promotions first.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace tieralloc::tiering {
+
+constexpr uint64_t kUnlimited = UINT64_MAX;
+
+struct PageHeat {
+  uintptr_t page;          // page address
+  float heat;              // decayed access score; 0 = never seen accessed
+  uint8_t tier;            // where it is now
+  uint32_t moved_period;   // period of its last move (kNever if none)
+  static constexpr uint32_t kNever = UINT32_MAX;
+};
+
+struct TierBudget {
+  uint64_t limit_bytes = kUnlimited;  // what the tier may hold (kUnlimited: no bound)
+  uint64_t used_bytes = 0;            // what it holds now
+};
+
+struct PolicyConfig {
+  size_t page_bytes = 4096;
+  // Demote from a tier above high*limit down to low*limit; promotions fill up to high*limit.
+  double high_watermark = 0.95;
+  double low_watermark = 0.90;
+  // A page is promoted only above threshold*(1+margin) and demoted only below threshold*(1-margin).
+  double margin = 0.25;
+  uint32_t cooldown_periods = 10;
+};
+
+struct Move {
+  uintptr_t page;
+  uint8_t from, to;
+};
+
+struct Plan {
+  std::vector<Move> moves;
+  std::vector<float> thresholds;  // per boundary k (between tier k and k+1)
+  uint64_t promoted_bytes = 0, demoted_bytes = 0;
+  uint64_t deferred_bytes = 0;   // wanted to move but over the rate budget
+  uint64_t cooling_pages = 0;    // wanted to move but inside their cool-down
+};
+
+// Heat at or above which pages fill at most `capacity_bytes` (a 128-bin histogram between 0 and
+// the hottest page). Returns 0 when everything fits, +inf when nothing heated fits.
+float threshold_for(std::span<const PageHeat> pages, uint64_t capacity_bytes, size_t page_bytes);
+
+Plan plan_moves(std::span<const PageHeat> pages, std::span<const TierBudget> tiers, const PolicyConfig& cfg,
+                uint32_t period, uint64_t byte_budget);
+
+}  // namespace tieralloc::tiering

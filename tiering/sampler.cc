@@ -1,0 +1,123 @@
+#include "tiering/sampler.h"
+
+#include <sys/mman.h>
+#include <time.h>
+
+#include "os/signals.h"
+
+namespace tieralloc::tiering {
+namespace {
+
+struct Slot {
+  std::atomic<uintptr_t> run{0};
+  std::atomic<uint64_t> armed_ns{0};
+  std::atomic<uint32_t> fault_us{0};
+};
+
+constexpr size_t kSlots = 2 * Sampler::kMaxRuns;  // power of two, at most half full
+Slot g_tables[2][kSlots];
+std::atomic<int> g_current{0};
+std::atomic<uint64_t> g_handler_ns{0}, g_faults{0};
+
+uint64_t now_ns() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+size_t home(uintptr_t run) { return (run / kRunBytes * 0x9E3779B97F4A7C15ull >> 32) & (kSlots - 1); }
+
+Slot* find(Slot* table, uintptr_t run) {
+  for (size_t i = home(run), probes = 0; probes < kSlots; i = (i + 1) & (kSlots - 1), ++probes) {
+    uintptr_t r = table[i].run.load(std::memory_order_acquire);
+    if (r == run) return &table[i];
+    if (r == 0) return nullptr;
+  }
+  return nullptr;
+}
+
+bool on_fault(int, siginfo_t* info, void*) {
+  if (info->si_code != SEGV_ACCERR) return false;
+  uintptr_t addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  uintptr_t run = addr & ~(kRunBytes - 1);
+  int cur = g_current.load(std::memory_order_acquire);
+  Slot* s = find(g_tables[cur], run);
+  if (!s) s = find(g_tables[1 - cur], run);  // armed in the window that just closed
+  if (!s) return false;
+  uint64_t t = now_ns();
+  uint64_t us = (t - s->armed_ns.load(std::memory_order_relaxed)) / 1000;
+  uint32_t expected = 0;
+  s->fault_us.compare_exchange_strong(expected, us ? static_cast<uint32_t>(us < UINT32_MAX ? us : UINT32_MAX - 1) : 1,
+                                            std::memory_order_relaxed);
+  // Resumes the access whether or not the engine disarmed the run meanwhile: restoring access
+  // twice is harmless, and the run was readable and writable before it was armed.
+  mprotect(reinterpret_cast<void*>(run), kRunBytes, PROT_READ | PROT_WRITE);
+  g_faults.fetch_add(1, std::memory_order_relaxed);
+  g_handler_ns.fetch_add(now_ns() - t, std::memory_order_relaxed);
+  return true;
+}
+
+}  // namespace
+
+bool Sampler::install() {
+  static std::atomic<int> installed{0};
+  int expected = 0;
+  if (installed.compare_exchange_strong(expected, 1)) installed.store(os::add_fault_filter(SIGSEGV, on_fault) ? 2 : 3);
+  while (installed.load() == 1) {
+  }
+  return installed.load() == 2;
+}
+
+void Sampler::arm(const Span* spans, size_t n) {
+  // The table not in use becomes this window's: cleared, filled, published, then the spans armed,
+  // so a fault on an armed page always finds its slot.
+  int next = 1 - g_current.load(std::memory_order_relaxed);
+  Slot* table = g_tables[next];
+  for (size_t i = 0; i < kSlots; ++i) {
+    if (table[i].run.load(std::memory_order_relaxed) == 0) continue;
+    table[i].run.store(0, std::memory_order_relaxed);
+    table[i].fault_us.store(0, std::memory_order_relaxed);
+  }
+  uint64_t t = now_ns();
+  size_t total = 0;
+  nspans_ = 0;
+  for (size_t k = 0; k < n && nspans_ < kMaxSpans && total + spans[k].runs <= kMaxRuns; ++k) {
+    for (size_t r = 0; r < spans[k].runs; ++r) {
+      uintptr_t run = spans[k].addr + r * kRunBytes;
+      size_t i = home(run);
+      while (table[i].run.load(std::memory_order_relaxed) != 0) i = (i + 1) & (kSlots - 1);
+      table[i].armed_ns.store(t, std::memory_order_relaxed);
+      table[i].run.store(run, std::memory_order_release);
+    }
+    total += spans[k].runs;
+    spans_[nspans_++] = spans[k];
+  }
+  g_current.store(next, std::memory_order_release);
+  for (size_t k = 0; k < nspans_; ++k)
+    if (mprotect(reinterpret_cast<void*>(spans_[k].addr), spans_[k].runs * kRunBytes, PROT_NONE) != 0)
+      spans_[k].runs = 0;  // not armed (unmapped meanwhile): reported as nothing
+}
+
+size_t Sampler::disarm(RunResult* out) {
+  Slot* table = g_tables[g_current.load(std::memory_order_relaxed)];
+  for (size_t k = 0; k < nspans_; ++k)
+    if (spans_[k].runs)
+      mprotect(reinterpret_cast<void*>(spans_[k].addr), spans_[k].runs * kRunBytes, PROT_READ | PROT_WRITE);
+  size_t n = 0;
+  for (size_t k = 0; k < nspans_; ++k) {
+    for (size_t r = 0; r < spans_[k].runs; ++r) {
+      Slot* s = find(table, spans_[k].addr + r * kRunBytes);
+      if (!s) continue;
+      RunResult& res = out[n++];
+      res.run = spans_[k].addr + r * kRunBytes;
+      res.fault_us = s->fault_us.load(std::memory_order_relaxed);
+    }
+  }
+  nspans_ = 0;
+  return n;
+}
+
+uint64_t Sampler::handler_ns() { return g_handler_ns.load(std::memory_order_relaxed); }
+uint64_t Sampler::faults() { return g_faults.load(std::memory_order_relaxed); }
+
+}  // namespace tieralloc::tiering
