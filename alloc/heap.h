@@ -63,6 +63,11 @@ int heap_tier_of(const void* addr);
 // Moves the pages covering [addr, addr+len) to tier; 0 or -errno.
 int heap_move(void* addr, size_t len, int tier);
 
+// Applies to [dst, dst+len) the NUMA placement of the managed page at `like` (its tier's node,
+// strict or preferred as its arena's policy says), so memory that replaces that page lands where
+// the page was placed. 0 (also when `like` has the default policy) or -errno.
+int heap_bind_like(void* dst, size_t len, const void* like);
+
 // jemalloc's figures: allocated and resident bytes (after refreshing its epoch).
 void heap_jemalloc_stats(uint64_t* allocated, uint64_t* resident);
 // Statistics document (JSON) as served by tieralloc_stats_json.
