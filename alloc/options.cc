@@ -16,6 +16,10 @@ const std::vector<OptionDoc>& option_docs() {
        "this process's budget on tier 0 (K/M/G/T suffixes, or percent of the tier's capacity); plain "
        "allocations spill to the next tier past it (default: the tier's free memory)"},
       {"TIERALLOC_STATS", "stderr|PATH", "write per-tier statistics (JSON) at exit"},
+      {"TIERALLOC_POISON", "on|off",
+       "on (default): machine-check SIGBUS (BUS_MCEERR_AR/AO) on tieralloc's memory quarantines the bad "
+       "cachelines, and faults on quarantined pages reach tieralloc first (the application's own "
+       "SIGBUS/SIGSEGV handlers still get every other fault); off: no handlers, the API still works"},
   };
   return docs;
 }
@@ -38,6 +42,12 @@ Options options_from_env(std::vector<std::string>& warnings) {
                          "' is not a size (like 512M or 2G) or a percentage from 1% to 100%; no fast-tier budget is applied");
   }
   if (const char* v = secure_getenv("TIERALLOC_STATS"); v && *v) o.stats = v;
+  if (const char* v = secure_getenv("TIERALLOC_POISON"); v && *v) {
+    std::string_view s = os::trim(v);
+    if (s == "on" || s == "1") o.poison = true;
+    else if (s == "off" || s == "0") o.poison = false;
+    else warnings.push_back("TIERALLOC_POISON='" + std::string(v) + "' is not on or off; poison handling stays on");
+  }
   return o;
 }
 

@@ -16,6 +16,9 @@ struct Options {
   double fast_limit_percent = 0;
   // TIERALLOC_STATS: "" (off), "stderr", or a file path; statistics written at exit.
   std::string stats;
+  // TIERALLOC_POISON: take machine-check SIGBUS and stray accesses to quarantined pages (on), or
+  // leave SIGBUS/SIGSEGV to the application and the kernel (off; the API still quarantines).
+  bool poison = true;
 };
 
 struct OptionDoc {
