@@ -657,6 +657,15 @@ size_t heap_migrate_pages(const uintptr_t* pages, size_t n, int tier, int* statu
   return moved;
 }
 
+int heap_bind_like(void* dst, size_t len, const void* like) {
+  PageEntry e = page_map().get(reinterpret_cast<uintptr_t>(like));
+  if (!e.managed()) return -EINVAL;
+  if (e.node == 0xffff) return 0;  // bootstrap extents: the default policy
+  int node = e.node;
+  bool strict = e.owner != kAutoSlot && (e.owner - 1) % 2 == 1;
+  return os::bind(dst, len, &node, 1, strict ? os::BindMode::kBind : os::BindMode::kPreferred);
+}
+
 void heap_jemalloc_stats(uint64_t* allocated, uint64_t* resident) {
   uint64_t epoch = 1;
   size_t sz = sizeof epoch;

@@ -77,6 +77,10 @@ bool heap_emulated();
 // in the page map), -ENOENT not resident (nothing to move), other -errno (left where it was; the
 // caller may retry). Returns the number moved.
 size_t heap_migrate_pages(const uintptr_t* pages, size_t n, int tier, int* status);
+// Applies to [dst, dst+len) the NUMA placement of the managed page at `like` (its tier's node,
+// strict or preferred as its arena's policy says), so memory that replaces that page lands where
+// the page was placed. 0 (also when `like` has the default policy) or -errno.
+int heap_bind_like(void* dst, size_t len, const void* like);
 
 // jemalloc's figures: allocated and resident bytes (after refreshing its epoch).
 void heap_jemalloc_stats(uint64_t* allocated, uint64_t* resident);

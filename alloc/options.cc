@@ -25,6 +25,10 @@ const std::vector<OptionDoc>& option_docs() {
        "that writes into a page under sampling (read(2) into a heap buffer) fails with EFAULT"},
       {"TIERALLOC_MIGRATE_RATE", "SIZE",
        "bytes per second the tiering engine may migrate (K/M/G suffixes; default 256M)"},
+      {"TIERALLOC_POISON", "on|off",
+       "on (default): machine-check SIGBUS (BUS_MCEERR_AR/AO) on tieralloc's memory quarantines the bad "
+       "cachelines, and faults on quarantined pages reach tieralloc first (the application's own "
+       "SIGBUS/SIGSEGV handlers still get every other fault); off: no handlers, the API still works"},
   };
   return docs;
 }
@@ -72,6 +76,12 @@ Options options_from_env(std::vector<std::string>& warnings) {
     else
       warnings.push_back("TIERALLOC_MIGRATE_RATE='" + std::string(v) +
                          "' is not a rate in bytes per second of at least 4K (like 64M); using 256M");
+  }
+  if (const char* v = secure_getenv("TIERALLOC_POISON"); v && *v) {
+    std::string_view s = os::trim(v);
+    if (s == "on" || s == "1") o.poison = true;
+    else if (s == "off" || s == "0") o.poison = false;
+    else warnings.push_back("TIERALLOC_POISON='" + std::string(v) + "' is not on or off; poison handling stays on");
   }
   return o;
 }

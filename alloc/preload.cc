@@ -1,5 +1,6 @@
-// What the malloc family needs beyond what jemalloc exports itself (pvalloc, reallocarray), and the
-// library's start-up and exit work (TIERALLOC_STATS).
+// The exported malloc family (jemalloc's entry points behind the poison subsystem's branch, and
+// what jemalloc lacks: pvalloc, reallocarray), and the library's start-up and exit work
+// (poison filters, TIERALLOC_STATS).
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -7,25 +8,74 @@
 
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "alloc/heap.h"
 #include "alloc/options.h"
 #include "alloc/process_topology.h"
 #include "os/fs.h"
+#include "poison/poison.h"
 #include "tiering/engine.h"
 
+// Every entry point that returns memory is jemalloc's, renamed (alloc/jemalloc_renames.txt) and
+// wrapped here with the poison subsystem's one branch: while nothing is quarantined (almost
+// always) the wrapper is a test of one global and a tail call into jemalloc's own fast path; while
+// something is, the poison slow path keeps quarantined pages from being handed out.
+#define TIERALLOC_QUARANTINE_ACTIVE() __builtin_expect(tieralloc::poison::anything_quarantined(), 0)
+
 extern "C" {
-void* valloc(size_t size);
+void* tl_je_malloc(size_t size);
+void* tl_je_calloc(size_t n, size_t size);
+int tl_je_posix_memalign(void** out, size_t alignment, size_t size);
+void* tl_je_valloc(size_t size);
+void* tl_je_mallocx(size_t size, int flags);
+void* tl_je_rallocx(void* ptr, size_t size, int flags);
+size_t tl_je_xallocx(void* ptr, size_t size, size_t extra, int flags);
 void* tl_je_realloc(void* ptr, size_t size);
 void* tl_je_memalign(size_t alignment, size_t size);
 void* tl_je_aligned_alloc(size_t alignment, size_t size);
 
+__attribute__((visibility("default"))) void* malloc(size_t size) {
+  if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::malloc_avoiding(size);
+  return tl_je_malloc(size);
+}
+
+__attribute__((visibility("default"))) void* calloc(size_t n, size_t size) {
+  if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::calloc_avoiding(n, size);
+  return tl_je_calloc(n, size);
+}
+
+__attribute__((visibility("default"))) int posix_memalign(void** out, size_t alignment, size_t size) {
+  if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::posix_memalign_avoiding(out, alignment, size);
+  return tl_je_posix_memalign(out, alignment, size);
+}
+
+__attribute__((visibility("default"))) void* valloc(size_t size) {
+  if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::aligned_alloc_avoiding(static_cast<size_t>(sysconf(_SC_PAGESIZE)), size);
+  return tl_je_valloc(size);
+}
+
+__attribute__((visibility("default"))) void* mallocx(size_t size, int flags) {
+  if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::mallocx_avoiding(size, flags);
+  return tl_je_mallocx(size, flags);
+}
+
+__attribute__((visibility("default"))) void* rallocx(void* ptr, size_t size, int flags) {
+  if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::rallocx_avoiding(ptr, size, flags);
+  return tl_je_rallocx(ptr, size, flags);
+}
+
+__attribute__((visibility("default"))) size_t xallocx(void* ptr, size_t size, size_t extra, int flags) {
+  if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::xallocx_avoiding(ptr, size, extra, flags);
+  return tl_je_xallocx(ptr, size, extra, flags);
+}
+
 // jemalloc 5.3.0 returns NULL from a failed realloc without setting errno (fixed upstream after
 // 5.3.0); glibc and POSIX say ENOMEM. The original block is untouched either way.
 __attribute__((visibility("default"))) void* realloc(void* ptr, size_t size) {
-  void* q = tl_je_realloc(ptr, size);
-  if (__builtin_expect(!q && size, 0)) errno = ENOMEM;
+  void* q = TIERALLOC_QUARANTINE_ACTIVE() ? tieralloc::poison::realloc_avoiding(ptr, size) : tl_je_realloc(ptr, size);
+  if (__builtin_expect(!q && size, 0) && errno != EIO) errno = ENOMEM;
   return q;
 }
 
@@ -38,12 +88,14 @@ static size_t glibc_alignment(size_t alignment) {
 }
 
 __attribute__((visibility("default"))) void* memalign(size_t alignment, size_t size) {
-  void* p = tl_je_memalign(glibc_alignment(alignment), size);
+  void* p = TIERALLOC_QUARANTINE_ACTIVE() ? tieralloc::poison::aligned_alloc_avoiding(glibc_alignment(alignment), size)
+                                          : tl_je_memalign(glibc_alignment(alignment), size);
   if (!p) errno = ENOMEM;
   return p;
 }
 
 __attribute__((visibility("default"))) void* aligned_alloc(size_t alignment, size_t size) {
+  if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::aligned_alloc_avoiding(glibc_alignment(alignment), size);
   return tl_je_aligned_alloc(glibc_alignment(alignment), size);
 }
 
@@ -66,6 +118,64 @@ __attribute__((visibility("default"))) void* reallocarray(void* ptr, size_t nmem
   }
   return realloc(ptr, bytes);
 }
+}
+
+// operator new: jemalloc's, renamed, behind the same branch. The slow path follows the
+// new-handler protocol itself, as jemalloc's does.
+extern "C" {
+void* tl_je_Znwm(size_t);
+void* tl_je_Znam(size_t);
+void* tl_je_ZnwmRKSt9nothrow_t(size_t, const std::nothrow_t&) noexcept;
+void* tl_je_ZnamRKSt9nothrow_t(size_t, const std::nothrow_t&) noexcept;
+void* tl_je_ZnwmSt11align_val_t(size_t, std::align_val_t);
+void* tl_je_ZnamSt11align_val_t(size_t, std::align_val_t);
+void* tl_je_ZnwmSt11align_val_tRKSt9nothrow_t(size_t, std::align_val_t, const std::nothrow_t&) noexcept;
+void* tl_je_ZnamSt11align_val_tRKSt9nothrow_t(size_t, std::align_val_t, const std::nothrow_t&) noexcept;
+}
+
+namespace {
+
+__attribute__((noinline)) void* new_avoiding(size_t size, size_t alignment, bool nothrow) {
+  for (;;) {
+    if (void* p = tieralloc::poison::new_avoiding(size, alignment)) return p;
+    std::new_handler handler = std::get_new_handler();
+    if (!handler) {
+      if (nothrow) return nullptr;
+      throw std::bad_alloc();
+    }
+    if (!nothrow) {
+      handler();
+      continue;
+    }
+    try {
+      handler();
+    } catch (...) {
+      return nullptr;
+    }
+  }
+}
+
+}  // namespace
+
+#define TIERALLOC_NEW(call, size, align, nothrow) \
+  if (TIERALLOC_QUARANTINE_ACTIVE()) return new_avoiding(size, align, nothrow); \
+  return call
+
+void* operator new(size_t n) { TIERALLOC_NEW(tl_je_Znwm(n), n, 0, false); }
+void* operator new[](size_t n) { TIERALLOC_NEW(tl_je_Znam(n), n, 0, false); }
+void* operator new(size_t n, const std::nothrow_t& t) noexcept { TIERALLOC_NEW(tl_je_ZnwmRKSt9nothrow_t(n, t), n, 0, true); }
+void* operator new[](size_t n, const std::nothrow_t& t) noexcept { TIERALLOC_NEW(tl_je_ZnamRKSt9nothrow_t(n, t), n, 0, true); }
+void* operator new(size_t n, std::align_val_t a) {
+  TIERALLOC_NEW(tl_je_ZnwmSt11align_val_t(n, a), n, static_cast<size_t>(a), false);
+}
+void* operator new[](size_t n, std::align_val_t a) {
+  TIERALLOC_NEW(tl_je_ZnamSt11align_val_t(n, a), n, static_cast<size_t>(a), false);
+}
+void* operator new(size_t n, std::align_val_t a, const std::nothrow_t& t) noexcept {
+  TIERALLOC_NEW(tl_je_ZnwmSt11align_val_tRKSt9nothrow_t(n, a, t), n, static_cast<size_t>(a), true);
+}
+void* operator new[](size_t n, std::align_val_t a, const std::nothrow_t& t) noexcept {
+  TIERALLOC_NEW(tl_je_ZnamSt11align_val_tRKSt9nothrow_t(n, a, t), n, static_cast<size_t>(a), true);
 }
 
 namespace tieralloc::alloc {
@@ -125,6 +235,8 @@ __attribute__((constructor(101))) void tieralloc_start() {
   heap_init();
   std::vector<std::string> ignored;  // heap_init already warned about bad options
   Options o = options_from_env(ignored);
+  // Poison's fault filters go first: a fault on a quarantined page is never a sampling fault.
+  poison::init(o.poison);
   heap_add_stats_section("tiering", tiering::engine_stats_json);
   tiering::EngineConfig ec;
   ec.migrate = o.migrate;

@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 
 namespace tieralloc::os {
@@ -37,6 +38,59 @@ void* map_anonymous(size_t size, size_t alignment, void* hint) {
   uintptr_t end = start + span, want_end = aligned + size;
   if (end > want_end) ::munmap(reinterpret_cast<void*>(want_end), end - want_end);
   return reinterpret_cast<void*>(aligned);
+}
+
+bool protect(void* addr, size_t size, Access access) {
+  int prot = access == Access::kNone ? PROT_NONE : access == Access::kRead ? PROT_READ : PROT_READ | PROT_WRITE;
+  return ::mprotect(addr, size, prot) == 0;
+}
+
+bool move_mapping(void* from, void* to, size_t size) {
+  void* p = ::mremap(from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+  return p == to;
+}
+
+namespace {
+// pid << 32 | fd of the open /proc/self/mem, or 0.
+constinit std::atomic<uint64_t> g_self_mem{0};
+}  // namespace
+
+long read_own_memory(void* dst, const void* src, size_t size) {
+  const uint64_t pid = static_cast<uint64_t>(::syscall(SYS_getpid));
+  uint64_t cur = g_self_mem.load(std::memory_order_acquire);
+  if (cur >> 32 != pid) {
+    int fd = ::open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    uint64_t mine = pid << 32 | static_cast<uint32_t>(fd);
+    // A descriptor inherited through fork still reads the parent's memory: close our copy.
+    if (g_self_mem.compare_exchange_strong(cur, mine, std::memory_order_acq_rel)) {
+      if (cur) ::close(static_cast<int>(cur & 0xffffffffu));
+      cur = mine;
+    } else {
+      ::close(fd);
+      if (cur >> 32 != pid) return -EAGAIN;
+    }
+  }
+  const int fd = static_cast<int>(cur & 0xffffffffu);
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pread(fd, static_cast<char*>(dst) + done, size - done,
+                        static_cast<off_t>(reinterpret_cast<uintptr_t>(src) + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return done ? static_cast<long>(done) : -errno;
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return static_cast<long>(done);
+}
+
+long read_pagemap(uintptr_t vaddr, uint64_t* entries, size_t n) {
+  int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  ssize_t got = ::pread(fd, entries, n * sizeof(uint64_t), static_cast<off_t>(vaddr / kPageSize * sizeof(uint64_t)));
+  int err = errno;
+  ::close(fd);
+  return got < 0 ? -err : got / static_cast<long>(sizeof(uint64_t));
 }
 
 bool unmap(void* addr, size_t size) { return ::munmap(addr, size) == 0; }

@@ -18,6 +18,22 @@ bool unmap(void* addr, size_t size);
 // Drops the contents of the range (next touch gives zero pages under the same NUMA policy).
 bool discard(void* addr, size_t size);
 
+enum class Access { kNone, kRead, kReadWrite };
+// mprotect(2). The range must be page-aligned.
+bool protect(void* addr, size_t size, Access access);
+// Replaces [to, to+size) with the pages of [from, from+size) in one step (mremap), so no thread
+// ever sees the destination half-written; `from` is unmapped afterwards. Page-aligned.
+bool move_mapping(void* from, void* to, size_t size);
+
+// Reads this process's memory through /proc/self/mem: ignores page protection (it reads
+// PROT_NONE pages) and fails with EIO instead of a machine check where the memory is poisoned.
+// Bytes read, or -errno. The descriptor is reopened after fork (it names one address space).
+long read_own_memory(void* dst, const void* src, size_t size);
+
+// Entries of /proc/self/pagemap for the n pages from vaddr (bit 63 present, bits 0-54 the frame
+// number, which reads as 0 without CAP_SYS_ADMIN). Entries read, or -errno.
+long read_pagemap(uintptr_t vaddr, uint64_t* entries, size_t n);
+
 enum class BindMode {
   kPreferred,   // fall back to other nodes when these are full (never OOM-kills while memory exists)
   kBind,        // only these nodes (TIERALLOC_STRICT)

@@ -41,35 +41,8 @@ struct FaultSignal {
 
 constinit FaultSignal g_segv, g_bus;
 
-// Serialises installation and the application's updates. Holders block every signal, so a handler
-// never waits for its own thread. The word holds the holder's pid: a child forked while another
-// thread held it sees a foreign pid and takes it over (no pthread_atfork, which may allocate).
+// Serialises installation and the application's updates.
 constinit std::atomic<pid_t> g_lock_owner{0};
-
-class SignalsLock {
- public:
-  SignalsLock() {
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &saved_);
-    const pid_t me = static_cast<pid_t>(syscall(SYS_getpid));
-    for (;;) {
-      pid_t cur = 0;
-      if (g_lock_owner.compare_exchange_weak(cur, me, std::memory_order_acquire)) break;
-      if (cur != 0 && cur != me && g_lock_owner.compare_exchange_weak(cur, me, std::memory_order_acquire)) break;
-      sched_yield();
-    }
-  }
-  ~SignalsLock() {
-    g_lock_owner.store(0, std::memory_order_release);
-    pthread_sigmask(SIG_SETMASK, &saved_, nullptr);
-  }
-  SignalsLock(const SignalsLock&) = delete;
-  SignalsLock& operator=(const SignalsLock&) = delete;
-
- private:
-  sigset_t saved_;
-};
 
 FaultSignal* fault_signal(int signo) {
   if (signo == SIGSEGV) return &g_segv;
@@ -170,7 +143,7 @@ void chain_to_application(FaultSignal& s, int signo, siginfo_t* info, void* ucon
     return;
   }
   if (app.sa_flags & SA_RESETHAND) {
-    SignalsLock lock;
+    SignalSafeLock lock(g_lock_owner);
     struct sigaction dfl = {};
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
@@ -209,6 +182,25 @@ void dispatch(int signo, siginfo_t* info, void* ucontext) {
 
 }  // namespace
 
+SignalSafeLock::SignalSafeLock(std::atomic<pid_t>& word) : word_(word) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &saved_);
+  const pid_t me = static_cast<pid_t>(syscall(SYS_getpid));
+  for (;;) {
+    pid_t cur = 0;
+    if (word_.compare_exchange_weak(cur, me, std::memory_order_acquire)) break;
+    // Any pid but ours was written before a fork: that holder does not exist in this process.
+    if (cur != 0 && cur != me && word_.compare_exchange_weak(cur, me, std::memory_order_acquire)) break;
+    sched_yield();
+  }
+}
+
+SignalSafeLock::~SignalSafeLock() {
+  word_.store(0, std::memory_order_release);
+  pthread_sigmask(SIG_SETMASK, &saved_, nullptr);
+}
+
 int libc_sigaction(int signo, const struct sigaction* act, struct sigaction* oldact) {
   return __sigaction(signo, act, oldact);
 }
@@ -216,7 +208,7 @@ int libc_sigaction(int signo, const struct sigaction* act, struct sigaction* old
 bool add_fault_filter(int signo, FaultFilter filter) {
   FaultSignal* s = fault_signal(signo);
   if (!s || !filter) return false;
-  SignalsLock lock;
+  SignalSafeLock lock(g_lock_owner);
   const int n = s->nfilters.load(std::memory_order_relaxed);
   for (int i = 0; i < n; ++i)
     if (s->filters[i].load(std::memory_order_relaxed) == filter) return true;
@@ -238,7 +230,7 @@ bool add_fault_filter(int signo, FaultFilter filter) {
 int application_sigaction(int signo, const struct sigaction* act, struct sigaction* oldact) {
   FaultSignal* s = fault_signal(signo);
   if (!s) return __sigaction(signo, act, oldact);
-  SignalsLock lock;
+  SignalSafeLock lock(g_lock_owner);
   if (!s->installed.load(std::memory_order_relaxed)) return __sigaction(signo, act, oldact);
   struct sigaction previous;
   load_application_action(s->app, &previous);

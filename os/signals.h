@@ -16,9 +16,28 @@
 
 #include <signal.h>
 
+#include <sys/types.h>
+
+#include <atomic>
 #include <cstddef>
 
 namespace tieralloc::os {
+
+// A lock for state shared with signal handlers: holders block every signal (so a handler never
+// waits for its own thread) and spin briefly. The word holds the holder's pid, so a child forked
+// while another thread held it takes it over instead of deadlocking (no pthread_atfork, which may
+// allocate). Never hold it across a call that can fault.
+class SignalSafeLock {
+ public:
+  explicit SignalSafeLock(std::atomic<pid_t>& word);
+  ~SignalSafeLock();
+  SignalSafeLock(const SignalSafeLock&) = delete;
+  SignalSafeLock& operator=(const SignalSafeLock&) = delete;
+
+ private:
+  std::atomic<pid_t>& word_;
+  sigset_t saved_;
+};
 
 // Returns true when the fault was tieralloc's and is resolved (the instruction may resume or the
 // filter has redirected the context); false passes it on.

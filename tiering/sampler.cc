@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include "os/signals.h"
+#include "poison/poison.h"
 
 namespace tieralloc::tiering {
 namespace {
@@ -36,10 +37,22 @@ Slot* find(Slot* table, uintptr_t run) {
   return nullptr;
 }
 
+// Gives [addr, addr+len) back its access, except pages quarantined meanwhile (poison/).
+void restore(uintptr_t addr, size_t len) {
+  if (!poison::anything_quarantined() || !poison::overlaps_quarantine(reinterpret_cast<void*>(addr), len)) {
+    mprotect(reinterpret_cast<void*>(addr), len, PROT_READ | PROT_WRITE);
+    return;
+  }
+  for (uintptr_t p = addr; p < addr + len; p += 4096)
+    if (!poison::overlaps_quarantine(reinterpret_cast<void*>(p), 4096)) mprotect(reinterpret_cast<void*>(p), 4096, PROT_READ | PROT_WRITE);
+}
+
 bool on_fault(int, siginfo_t* info, void*) {
   if (info->si_code != SEGV_ACCERR) return false;
   uintptr_t addr = reinterpret_cast<uintptr_t>(info->si_addr);
   uintptr_t run = addr & ~(kRunBytes - 1);
+  // A quarantined page stays without access whatever else happens to its run.
+  if (poison::anything_quarantined() && poison::overlaps_quarantine(reinterpret_cast<void*>(addr), 1)) return false;
   int cur = g_current.load(std::memory_order_acquire);
   Slot* s = find(g_tables[cur], run);
   if (!s) s = find(g_tables[1 - cur], run);  // armed in the window that just closed
@@ -51,7 +64,7 @@ bool on_fault(int, siginfo_t* info, void*) {
                                             std::memory_order_relaxed);
   // Resumes the access whether or not the engine disarmed the run meanwhile: restoring access
   // twice is harmless, and the run was readable and writable before it was armed.
-  mprotect(reinterpret_cast<void*>(run), kRunBytes, PROT_READ | PROT_WRITE);
+  restore(run, kRunBytes);
   g_faults.fetch_add(1, std::memory_order_relaxed);
   g_handler_ns.fetch_add(now_ns() - t, std::memory_order_relaxed);
   return true;
@@ -82,6 +95,8 @@ void Sampler::arm(const Span* spans, size_t n) {
   size_t total = 0;
   nspans_ = 0;
   for (size_t k = 0; k < n && nspans_ < kMaxSpans && total + spans[k].runs <= kMaxRuns; ++k) {
+    if (poison::anything_quarantined() && poison::overlaps_quarantine(reinterpret_cast<void*>(spans[k].addr), spans[k].runs * kRunBytes))
+      continue;
     for (size_t r = 0; r < spans[k].runs; ++r) {
       uintptr_t run = spans[k].addr + r * kRunBytes;
       size_t i = home(run);
@@ -101,8 +116,7 @@ void Sampler::arm(const Span* spans, size_t n) {
 size_t Sampler::disarm(RunResult* out) {
   Slot* table = g_tables[g_current.load(std::memory_order_relaxed)];
   for (size_t k = 0; k < nspans_; ++k)
-    if (spans_[k].runs)
-      mprotect(reinterpret_cast<void*>(spans_[k].addr), spans_[k].runs * kRunBytes, PROT_READ | PROT_WRITE);
+    if (spans_[k].runs) restore(spans_[k].addr, spans_[k].runs * kRunBytes);
   size_t n = 0;
   for (size_t k = 0; k < nspans_; ++k) {
     for (size_t r = 0; r < spans_[k].runs; ++r) {

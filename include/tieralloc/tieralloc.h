@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -69,6 +70,58 @@ int tieralloc_hint(void *addr, size_t len, int hint);
 /* Statistics as JSON (per-tier bytes, budgets, fallbacks, moves) with snprintf semantics:
  * returns the length of the whole document; writes at most len bytes including the NUL. */
 int tieralloc_stats_json(char *buf, size_t len);
+
+/* Poison: pages reported bad are quarantined (never handed out, no access), their good
+ * cachelines stay readable through tieralloc_recovery_read, and repair writes that cover every bad
+ * cacheline return them to service. Granularity: the cacheline (64 bytes) where the report says
+ * so, else the page. Only memory tieralloc manages can be quarantined. */
+struct tieralloc_range {
+  size_t offset; /* from the start of the range read */
+  size_t len;
+};
+
+/* Where a poison report came from (tieralloc_poison_event.source). */
+#define TIERALLOC_POISON_CONSUMED 1 /* SIGBUS BUS_MCEERR_AR: the program read poisoned memory */
+#define TIERALLOC_POISON_FOUND 2    /* SIGBUS BUS_MCEERR_AO: a scrubber found it first */
+#define TIERALLOC_POISON_REPORTED 3 /* tieralloc_poison_report */
+#define TIERALLOC_POISON_PHYSICAL 4 /* tieralloc_poison_report_phys */
+
+struct tieralloc_poison_event {
+  void *addr;      /* the poisoned range, cacheline-aligned */
+  size_t len;
+  int source;      /* TIERALLOC_POISON_* */
+  int quarantined; /* 1 while the range is still quarantined when the handler runs */
+  size_t lost;     /* events dropped just before this one (the queue holds 256) */
+};
+
+/* Quarantines the cachelines covering [addr, addr+len). 0, or -1 + errno: EINVAL (NULL, empty,
+ * or memory tieralloc does not manage), ENOSPC (quarantine full: 12288 pages). */
+int tieralloc_poison_report(void *addr, size_t len);
+/* The same for a physical range (from ARS or rasdaemon), through /proc/self/pagemap: the pages
+ * of this process that tieralloc manages and that lie in it. 0, or -1 + errno: EPERM (frame
+ * numbers are hidden from this process), ENOENT (no such page here), EINVAL. */
+int tieralloc_poison_report_phys(uint64_t phys, size_t len);
+/* 1 when [addr, addr+len) touches a quarantined page (plain loads there fault: read it with
+ * tieralloc_recovery_read), 0 when clean, -1 + EINVAL for NULL or an empty range. */
+int tieralloc_poison_check(const void *addr, size_t len);
+/* Copies [src, src+len) to dst, surviving poison: bad ranges (offsets from src) are zero-filled in
+ * dst and listed in bad[] up to *nbad entries; *nbad returns how many there are (adjacent bad
+ * lines merged). Returns the number of good bytes copied, or -1 + errno: EINVAL, EFAULT (memory
+ * that is not mapped). bad may be NULL (then nbad may be too). */
+ssize_t tieralloc_recovery_read(void *dst, const void *src, size_t len, struct tieralloc_range *bad, size_t *nbad);
+/* Writes [src, src+len) to dst, repairing the poisoned cachelines it covers. Every poisoned
+ * cacheline the range touches must be wholly covered, else nothing is written: -1 + EINVAL (also
+ * for memory tieralloc does not manage). A page whose bad lines have all been rewritten is
+ * rebuilt (good lines kept, fresh memory on the same tier) and back in service. Returns 0 when
+ * dst's range is clean afterwards, 1 when the data is stored but a page of the range still has
+ * bad lines outside it (it stays quarantined until they are repaired). */
+int tieralloc_repair_write(void *dst, const void *src, size_t len);
+/* Bytes of memory taken out of service (whole pages). */
+size_t tieralloc_quarantined_bytes(void);
+/* Calls fn(event, arg) for every poison report, on a thread of tieralloc's (never inside a signal
+ * handler); reports made before a handler was set are queued and delivered then. NULL stops
+ * delivery. After fork, the child sets its handler again. 0, or -1 + errno. */
+int tieralloc_set_poison_handler(void (*fn)(const struct tieralloc_poison_event *, void *), void *arg);
 
 #ifdef __cplusplus
 }

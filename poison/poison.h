@@ -1,0 +1,54 @@
+// The poison subsystem's interface to the allocator (alloc/): the quarantine flag the allocation
+// fast path tests, the slow paths that keep quarantined memory from being handed out, and
+// start-up. The public API is in include/tieralloc/tieralloc.h (tieralloc_poison_*).
+//
+// Model: a page reported poisoned keeps a bitmap of its bad cachelines (64 per 4 KiB page) and
+// loses all access (PROT_NONE), so a stray load faults into tieralloc instead of consuming the
+// poison. Recovery reads copy its good lines through /proc/self/mem; repair writes collect the
+// new contents of its bad lines, and once every bad line is covered the page is rebuilt (fresh
+// page, same placement, good lines and repair data) and returns to service.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace tieralloc::poison {
+
+constexpr size_t kLineSize = 64;
+constexpr size_t kLinesPerPage = 64;
+
+// Pages quarantined now. Zero almost always: the allocation fast path tests it and nothing else.
+extern std::atomic<size_t> g_quarantined_pages __attribute__((visibility("hidden")));
+inline bool anything_quarantined() { return g_quarantined_pages.load(std::memory_order_relaxed) != 0; }
+
+// Installs the SIGBUS (machine check) and SIGSEGV (stray access) filters unless `enabled` is
+// false (TIERALLOC_POISON=off). Once; later calls do nothing.
+void init(bool enabled);
+
+// True when [addr, addr+len) touches a quarantined page. Lock-free, async-signal-safe.
+bool overlaps_quarantine(const void* addr, size_t len);
+
+// Quarantines the cachelines covering [addr, addr+len) of pages tieralloc manages. Async-signal-
+// safe. 0, or -errno: EINVAL (a page tieralloc does not manage), ENOSPC (quarantine table full).
+int quarantine(uintptr_t addr, size_t len, int source);
+
+// Allocation slow paths, taken only while something is quarantined (alloc/preload.cc): each
+// allocates through jemalloc, holds aside any block overlapping a quarantined page, and retries.
+// Zeroing and copying happen after the check, because jemalloc's own would write to the page.
+void* malloc_avoiding(size_t size);
+void* calloc_avoiding(size_t n, size_t size);
+void* realloc_avoiding(void* ptr, size_t size);
+int posix_memalign_avoiding(void** out, size_t alignment, size_t size);
+void* aligned_alloc_avoiding(size_t alignment, size_t size);  // also memalign, valloc
+void* mallocx_avoiding(size_t size, int flags);
+void* rallocx_avoiding(void* ptr, size_t size, int flags);
+size_t xallocx_avoiding(void* ptr, size_t size, size_t extra, int flags);
+// operator new: null when out of memory (the caller runs the new-handler protocol).
+void* new_avoiding(size_t size, size_t alignment);
+
+// Frees the held-aside blocks that no longer overlap a quarantined page (after a repair).
+void release_held_blocks();
+size_t held_blocks();
+
+}  // namespace tieralloc::poison
