@@ -3,11 +3,14 @@
 // The Budget suite needs TIERALLOC_FAST_LIMIT in the environment; the guest case that runs it sets
 // it (tests/guest/CMakeLists.txt), the others run without it.
 #include <errno.h>
+#include <sys/mman.h>
+#include <time.h>
 
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <set>
 #include <string>
 #include <vector>
@@ -142,6 +145,75 @@ TEST_F(Budget, FillsTierZeroThenSpillsToTheNextNode) {
   for (size_t i = 0; i < blocks.size(); ++i)
     ASSERT_EQ(blocks[i][block - 1], static_cast<unsigned char>(i)) << i;
   for (auto* p : blocks) free(p);
+}
+
+// With the kernel's NUMA balancing on (the balancing machine), memory tieralloc placed on the
+// slow node or moved there stays there while node 0's CPUs use it, and tieralloc_tier_of keeps
+// naming the slow tier throughout. A control region in the same loop, moved to the slow node
+// without a policy, shows the kernel really is pulling pages back during the window.
+class Balancing : public Guest {};
+
+TEST_F(Balancing, TierPlacementHoldsWhileTheKernelPullsUnboundPagesBack) {
+  int balancing = -1;
+  std::ifstream("/proc/sys/kernel/numa_balancing") >> balancing;
+  ASSERT_EQ(balancing, 1) << "run on a machine with numa_balancing=1";
+  const size_t len = 4 << 20;
+  const int slow_tier = tiers_ - 1;
+
+  void* control_map = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(control_map, MAP_FAILED);
+  auto* control = static_cast<unsigned char*>(control_map);
+  std::memset(control, 1, len);
+  std::vector<void*> pages;
+  for (size_t off = 0; off < len; off += tieralloc::guest::kPage) pages.push_back(control + off);
+  std::vector<int> to_slow(pages.size(), slow_node_), status(pages.size());
+  ASSERT_EQ(syscall(SYS_move_pages, 0, pages.size(), pages.data(), to_slow.data(), status.data(), MPOL_MF_MOVE), 0);
+  ASSERT_EQ(node_histogram(control, len)[slow_node_], pages.size());
+
+  auto* placed = static_cast<unsigned char*>(tieralloc_mallocx(len, TIERALLOC_TIER(slow_tier) | TIERALLOC_ALIGN(4096)));
+  auto* moved = static_cast<unsigned char*>(tieralloc_mallocx(len, TIERALLOC_TIER(0) | TIERALLOC_ALIGN(4096)));
+  ASSERT_TRUE(placed && moved);
+  std::memset(placed, 2, len);
+  std::memset(moved, 3, len);
+  ASSERT_EQ(tieralloc_move(moved, len, slow_tier), 0) << strerror(errno);
+  ASSERT_TRUE(on_nodes(placed, len, {slow_node_}));
+  ASSERT_TRUE(on_nodes(moved, len, {slow_node_}));
+
+  // Touch everything from node 0's CPUs, without sleeping (the kernel scans a task's memory only
+  // after it has run for a while), until it has pulled most of the control region back or 20 s
+  // pass.
+  const long migrated_before = tieralloc::guest::vmstat("numa_pages_migrated");
+  timespec start, now;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  double elapsed = 0;
+  size_t samples = 0, wrong_tier = 0, control_back = 0;
+  std::map<int, size_t> control_status;
+  while (elapsed < 20) {
+    for (auto* region : {control, placed, moved})
+      for (size_t off = 0; off < len; off += tieralloc::guest::kPage) region[off]++;
+    for (size_t off = 0; off < len; off += 64 * tieralloc::guest::kPage) {
+      ++samples;
+      if (tieralloc_tier_of(placed + off) != slow_tier) ++wrong_tier;
+      if (tieralloc_tier_of(moved + off) != slow_tier) ++wrong_tier;
+    }
+    control_status = node_histogram(control, len);
+    control_back = control_status[0];
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    elapsed = static_cast<double>(now.tv_sec - start.tv_sec) + static_cast<double>(now.tv_nsec - start.tv_nsec) / 1e9;
+    if (control_back * 2 > pages.size()) break;
+  }
+  const long migrated = tieralloc::guest::vmstat("numa_pages_migrated") - migrated_before;
+  printf("after %.1f s of use from node 0: control region %s; tieralloc's regions placed %s, moved %s; "
+         "the kernel's numa_pages_migrated +%ld\n", elapsed, describe(control_status).c_str(),
+         describe(node_histogram(placed, len)).c_str(), describe(node_histogram(moved, len)).c_str(), migrated);
+  EXPECT_GT(control_back * 2, pages.size()) << "the kernel never pulled the unbound pages back: is balancing active?";
+  EXPECT_GE(migrated, static_cast<long>(control_back)) << "the kernel's balancing, not something else, moved them";
+  EXPECT_TRUE(on_nodes(placed, len, {slow_node_}));
+  EXPECT_TRUE(on_nodes(moved, len, {slow_node_}));
+  EXPECT_EQ(wrong_tier, 0u) << "of " << samples << " tieralloc_tier_of samples per region";
+  tieralloc_free(placed);
+  tieralloc_free(moved);
+  munmap(control, len);
 }
 
 }  // namespace

@@ -67,6 +67,13 @@ MACHINES = {
         "setup": [],
         "slow_node": 1,
     },
+    # The numa machine with the kernel's NUMA balancing on: tieralloc must coexist with it.
+    "balancing": {
+        "qemu": ["-machine", "q35,hmat=on", "-m", "1G"] + TWO_NODES,
+        "numa_balancing": 1,
+        "setup": [],
+        "slow_node": 1,
+    },
     # node 2: only an emulated NVDIMM, which the guest turns into devdax and onlines with
     # `daxctl reconfigure-device --mode=system-ram`: a kmem node in the kernel's memory_tier22.
     "nvdimm": {

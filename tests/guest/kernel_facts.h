@@ -63,4 +63,14 @@ inline long meminfo_kb(const std::string& key) {
   return -1;
 }
 
+// A /proc/vmstat counter, -1 when absent.
+inline long vmstat(const std::string& key) {
+  std::ifstream in("/proc/vmstat");
+  std::string name;
+  long value;
+  while (in >> name >> value)
+    if (name == key) return value;
+  return -1;
+}
+
 }  // namespace tieralloc::guest
