@@ -2,7 +2,9 @@
 // tieralloc in the process (this binary does not link it): madvise(MADV_HWPOISON) on a resident
 // page makes the next access raise SIGBUS with BUS_MCEERR_AR and the exact faulting address, the
 // kernel counts the frame in HardwareCorrupted, neighbours stay readable; PR_MCE_KILL_EARLY turns
-// the signal into BUS_MCEERR_AO at injection time. If a kernel update changes one of these, the
+// the signal into BUS_MCEERR_AO at injection time; discarding the page (MADV_DONTNEED) or mapping
+// over it (MAP_FIXED) gives a fresh zeroed frame while the bad one stays retired, which is what a
+// repair can build on. If a kernel update changes one of these, the
 // poison tests built on them fail here first, with the reason.
 #include <fcntl.h>
 #include <setjmp.h>
@@ -149,6 +151,37 @@ TEST_P(Hwpoison, EarlyKillDeliversActionOptionalAtInjection) {
   EXPECT_EQ(g_addr, p + kPage);
   ASSERT_TRUE(faults(p + kPage + 8));
   EXPECT_EQ(g_code, BUS_MCEERR_AR) << "consuming it later is still action-required";
+  munmap(p, 4 * kPage);
+}
+
+TEST_P(Hwpoison, DiscardOrMapFixedReplacesThePoisonedFrame) {
+  int node = GetParam();
+  ASSERT_GE(node, 0) << "TIERALLOC_GUEST_SLOW_NODE is not set: run inside the guest";
+  unsigned char* p = map_on(node);
+  ASSERT_NE(p, nullptr) << strerror(errno);
+  unsigned char *discarded = p + kPage, *mapped_over = p + 2 * kPage;
+  long corrupted_before = tieralloc::guest::meminfo_kb("HardwareCorrupted");
+  inject(discarded);
+  inject(mapped_over);
+  uint64_t bad_discarded = poisoned_[0], bad_mapped_over = poisoned_[1];
+
+  ASSERT_EQ(madvise(discarded, kPage, MADV_DONTNEED), 0) << strerror(errno);
+  ASSERT_FALSE(faults(discarded + 100)) << "si_code " << g_code;
+  EXPECT_EQ(discarded[100], 0) << "a fresh page is zeroed";
+  discarded[0] = 1;
+  EXPECT_NE(pfn_of(discarded), bad_discarded);
+  EXPECT_EQ(tieralloc::guest::page_nodes(discarded, 1).at(0), node) << "the mapping's policy still holds";
+
+  void* again = mmap(mapped_over, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  ASSERT_EQ(again, static_cast<void*>(mapped_over)) << strerror(errno);
+  ASSERT_FALSE(faults(mapped_over + 100)) << "si_code " << g_code;
+  EXPECT_EQ(mapped_over[100], 0);
+  mapped_over[0] = 1;
+  EXPECT_NE(pfn_of(mapped_over), bad_mapped_over);
+
+  EXPECT_EQ(tieralloc::guest::meminfo_kb("HardwareCorrupted"), corrupted_before + 8) << "both frames stay retired";
+  EXPECT_EQ(p[0], 0xab);
+  EXPECT_EQ(p[3 * kPage], 0xab);
   munmap(p, 4 * kPage);
 }
 
