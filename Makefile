@@ -5,13 +5,18 @@ CMAKE_FLAGS ?=
 # Passed to both comparison scripts, e.g. BENCH_FLAGS=--quick or BENCH_FLAGS="--rounds 5".
 BENCH_FLAGS ?=
 
-.PHONY: run test test-sanitizers bench deps bench-deps configure build install clean
+.PHONY: run test test-guest test-sanitizers bench deps bench-deps guest-deps configure build install clean
 
 run: build
 	$(BUILD)/tool/tieralloc topology
 
-test: build
+test: build guest-deps
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+# Only the guest-kernel tests (tests/guest/): real tiers and real poison under QEMU. `make test`
+# runs them too.
+test-guest: build guest-deps
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) -L guest
 
 # The unit suites (topology, API, multi-threaded stress) in ASan+UBSan and TSan builds. Real
 # programs under LD_PRELOAD are left out: a sanitized libtieralloc.so cannot be preloaded into
@@ -40,6 +45,9 @@ deps:
 
 bench-deps:
 	@scripts/install-deps.sh --bench
+
+guest-deps:
+	@scripts/install-deps.sh --guest
 
 configure: deps
 	@test -f $(BUILD)/build.ninja || cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
