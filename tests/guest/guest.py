@@ -250,9 +250,9 @@ def module_closure(modules_dir, names):
         for f in files:
             if ".ko" in f:
                 paths[f.split(".ko")[0].replace("-", "_")] = os.path.relpath(os.path.join(folder, f), modules_dir)
-    out, todo = {}, [n.replace("-", "_") for n in names]
-    while todo:
-        name = todo.pop()
+    out, pending = {}, [n.replace("-", "_") for n in names]
+    while pending:
+        name = pending.pop()
         if name not in paths:
             raise SystemExit("guest: the kernel has no module %s" % name)
         if paths[name] in out:
@@ -260,7 +260,7 @@ def module_closure(modules_dir, names):
         data = read_module(os.path.join(modules_dir, paths[name]))
         out[paths[name]] = data
         m = re.search(rb"(?:^|\0)depends=([\w,-]*)\0", data)
-        todo += [d.decode().replace("-", "_") for d in (m.group(1).split(b",") if m else []) if d]
+        pending += [d.decode().replace("-", "_") for d in (m.group(1).split(b",") if m else []) if d]
     return out
 
 
