@@ -20,8 +20,11 @@
 
 #include "tieralloc/tieralloc.h"
 #include "tieralloc/tieralloc.hpp"
+#include "tests/support/stats_json.h"
 
 namespace {
+
+using tieralloc::testing::stats_json;
 
 // Under ASan or TSan the sanitizer's malloc comes first in the process; tieralloc then serves only
 // its API.
@@ -51,14 +54,6 @@ bool tier_has_node(int tier, int node) {
   for (int i = 0; i < info.nnodes; ++i)
     if (info.nodes[i] == node) return true;
   return false;
-}
-
-std::string stats() {
-  int n = tieralloc_stats_json(nullptr, 0);
-  std::string s(static_cast<size_t>(n) + 1, '\0');
-  tieralloc_stats_json(s.data(), s.size());
-  s.resize(static_cast<size_t>(n));
-  return s;
 }
 
 TEST(Placement, EachTierGetsItsMemory) {
@@ -134,7 +129,7 @@ TEST(Budget, DefaultAllocationsSpillPastTheFastBudget) {
   struct tieralloc_tier_info slow;
   ASSERT_EQ(tieralloc_tier_info(1, &slow), 0);
   EXPECT_GT(slow.used_bytes, 0u);
-  EXPECT_NE(stats().find("\"fallbacks\": "), std::string::npos);
+  EXPECT_NE(stats_json().find("\"fallbacks\": "), std::string::npos);
   for (void* p : blocks) free(p);
 }
 
@@ -228,12 +223,12 @@ TEST(Move, PagesChangeTierAndKeepContents) {
   }
   ASSERT_EQ(tieralloc_move(p, len, 0), 0);
   EXPECT_EQ(tieralloc_tier_of(p), 0);
-  EXPECT_NE(stats().find("\"moves\": {\"calls\": "), std::string::npos);
+  EXPECT_NE(stats_json().find("\"moves\": {\"calls\": "), std::string::npos);
   tieralloc_free(p);
 }
 
 TEST(Stats, SnprintfSemantics) {
-  std::string full = stats();
+  std::string full = stats_json();
   ASSERT_GT(full.size(), 20u);
   EXPECT_EQ(full.front(), '{');
   EXPECT_EQ(full.back(), '}');

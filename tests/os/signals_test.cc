@@ -22,6 +22,7 @@ namespace {
 using tieralloc::os::add_fault_filter;
 using tieralloc::os::application_sigaction;
 using tieralloc::testing::in_child;
+using tieralloc::testing::kernel_handler;
 using tieralloc::testing::send_fault;
 
 constexpr size_t kPage = 4096;
@@ -86,18 +87,6 @@ int install_app_disposition(int signo, sighandler_t disposition) {
   sa.sa_handler = disposition;
   sigemptyset(&sa.sa_mask);
   return application_sigaction(signo, &sa, nullptr);
-}
-
-// The kernel's view, past every interposition.
-uintptr_t kernel_handler(int signo) {
-  struct {
-    uintptr_t handler;
-    unsigned long flags;
-    uintptr_t restorer;
-    uint64_t mask;
-  } k = {};
-  syscall(SYS_rt_sigaction, signo, nullptr, &k, sizeof k.mask);
-  return k.handler;
 }
 
 void touch(char* p) { *reinterpret_cast<volatile char*>(p) = 1; }

@@ -24,6 +24,7 @@
 namespace {
 
 using tieralloc::testing::in_child;
+using tieralloc::testing::kernel_handler;
 using tieralloc::testing::send_fault;
 
 constexpr size_t kPage = 4096, kLine = 64;
@@ -43,17 +44,6 @@ std::atomic<void*> g_app_bus_addr{nullptr};
 void app_bus_handler(int, siginfo_t* info, void*) {
   g_app_bus.fetch_add(1);
   g_app_bus_addr.store(info->si_addr);
-}
-
-uintptr_t kernel_handler(int signo) {
-  struct {
-    uintptr_t handler;
-    unsigned long flags;
-    uintptr_t restorer;
-    uint64_t mask;
-  } k = {};
-  syscall(SYS_rt_sigaction, signo, nullptr, &k, sizeof k.mask);
-  return k.handler;
 }
 
 TEST(Poison, ReportQuarantinesThePageAndCheckSeesIt) {

@@ -25,4 +25,15 @@ int in_child(int (*body)()) {
   return status;
 }
 
+uintptr_t kernel_handler(int signo) {
+  struct {
+    uintptr_t handler;
+    unsigned long flags;
+    uintptr_t restorer;
+    uint64_t mask;
+  } k = {};
+  syscall(SYS_rt_sigaction, signo, nullptr, &k, sizeof k.mask);
+  return k.handler;
+}
+
 }  // namespace tieralloc::testing

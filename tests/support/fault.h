@@ -5,10 +5,15 @@
 
 #include <signal.h>
 
+#include <cstdint>
+
 namespace tieralloc::testing {
 
 // 0, or -errno from the syscall. The signal is delivered before this returns unless blocked.
 int send_fault(int signo, int si_code, void* addr, short addr_lsb);
+
+// The handler the kernel has for signo, read with the raw syscall past every interposition.
+uintptr_t kernel_handler(int signo);
 
 // Forks, runs body in the child and returns its wait status (exit code of body() when it returns).
 int in_child(int (*body)());

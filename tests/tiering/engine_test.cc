@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/stats_json.h"
 #include "tieralloc/tieralloc.h"
 
 namespace {
@@ -22,18 +23,8 @@ namespace {
 using namespace std::chrono_literals;
 constexpr size_t kMiB = size_t{1} << 20, kPage = 4096;
 
-std::string stats() {
-  int n = tieralloc_stats_json(nullptr, 0);
-  std::string s(static_cast<size_t>(n) + 1, '\0');
-  tieralloc_stats_json(s.data(), s.size());
-  s.resize(static_cast<size_t>(n));
-  return s;
-}
-
-uint64_t stat(const std::string& doc, const std::string& name) {
-  size_t p = doc.find("\"" + name + "\": ");
-  return p == std::string::npos ? 0 : std::stoull(doc.substr(p + name.size() + 4));
-}
+using tieralloc::testing::stats_figure;
+using tieralloc::testing::stats_json;
 
 double fraction_on(char* base, size_t len, int tier) {
   size_t n = 0, on = 0;
@@ -43,7 +34,7 @@ double fraction_on(char* base, size_t len, int tier) {
 
 TEST(Engine, RunsOnEmulatedTiersWithTheSampler) {
   ASSERT_EQ(tieralloc_tier_count(), 2);
-  std::string s = stats();
+  std::string s = stats_json();
   EXPECT_NE(s.find("\"engine\": \"running\""), std::string::npos) << s;
   EXPECT_NE(s.find("\"source\": \"sampler\""), std::string::npos) << s;
   EXPECT_NE(s.find("page map only (emulated tiers)"), std::string::npos) << s;
@@ -56,7 +47,7 @@ TEST(Engine, PromotesWhatIsTouchedAndLeavesTheRest) {
   char* buf = static_cast<char*>(tieralloc_mallocx(len, TIERALLOC_TIER(1) | TIERALLOC_ALIGN(2 * kMiB) | TIERALLOC_ZERO));
   ASSERT_NE(buf, nullptr);
   ASSERT_LT(fraction_on(buf, hot, 0), 0.01);
-  uint64_t faults_before = stat(stats(), "faults");
+  uint64_t faults_before = stats_figure(stats_json(), "faults");
   std::atomic<bool> stop{false};
   std::thread toucher([&] {
     uint64_t x = 88172645463325252ull;
@@ -71,10 +62,10 @@ TEST(Engine, PromotesWhatIsTouchedAndLeavesTheRest) {
     std::this_thread::sleep_for(100ms);
   stop = true;
   toucher.join();
-  EXPECT_GE(promoted, 0.9) << stats();
+  EXPECT_GE(promoted, 0.9) << stats_json();
   EXPECT_LT(fraction_on(buf + hot, len - hot, 0), 0.1) << "untouched memory was promoted too";
-  EXPECT_GT(stat(stats(), "faults"), faults_before);
-  EXPECT_GT(stat(stats(), "promoted_bytes"), 0u);
+  EXPECT_GT(stats_figure(stats_json(), "faults"), faults_before);
+  EXPECT_GT(stats_figure(stats_json(), "promoted_bytes"), 0u);
   tieralloc_free(buf);
 }
 
@@ -142,7 +133,7 @@ TEST(Engine, ApplicationGuardPageHandlerStillGetsItsFaults) {
   g_guard = guard;
   // Keep the sampler busy on heap memory meanwhile.
   char* heap = static_cast<char*>(tieralloc_mallocx(8 * kMiB, TIERALLOC_TIER(1) | TIERALLOC_ZERO));
-  uint64_t faults_before = stat(stats(), "faults");
+  uint64_t faults_before = stats_figure(stats_json(), "faults");
   for (int i = 0; i < 50; ++i) {
     if (sigsetjmp(g_guard_jump, 1) == 0) {
       *reinterpret_cast<volatile char*>(guard + (i % 64)) = 1;
@@ -152,7 +143,7 @@ TEST(Engine, ApplicationGuardPageHandlerStillGetsItsFaults) {
     std::this_thread::sleep_for(20ms);
   }
   EXPECT_EQ(g_guard_faults.load(), 50);
-  EXPECT_GT(stat(stats(), "faults"), faults_before) << "the sampler took no faults meanwhile";
+  EXPECT_GT(stats_figure(stats_json(), "faults"), faults_before) << "the sampler took no faults meanwhile";
   for (size_t off = 0; off < 8 * kMiB; off += kPage) ASSERT_EQ(heap[off], 50);
   sigaction(SIGSEGV, &old, nullptr);
   munmap(guard, kPage);
@@ -197,7 +188,7 @@ TEST(Engine, ForkWhileRunning) {
       void* p = malloc(1 << 20);
       memset(p, 1, 1 << 20);
       free(p);
-      std::string s = stats();
+      std::string s = stats_json();
       _exit(s.find("stopped in forked child") != std::string::npos && sum < UINT64_MAX ? 0 : 3);
     }
     int status = 0;
@@ -208,7 +199,7 @@ TEST(Engine, ForkWhileRunning) {
   }
   stop = true;
   toucher.join();
-  EXPECT_NE(stats().find("\"engine\": \"running\""), std::string::npos);
+  EXPECT_NE(stats_json().find("\"engine\": \"running\""), std::string::npos);
   tieralloc_free(buf);
 }
 
