@@ -536,6 +536,18 @@ int heap_tier_of(const void* addr) {
   return e.tier == PageEntry::kUnmanaged ? -ENOENT : e.tier;
 }
 
+namespace {
+// Records [addr, addr+bytes), found as `was`, on tier/node in the page map and moves its bytes
+// between the tiers' usage: the bookkeeping of every move, by range or by page.
+void retier(uintptr_t addr, size_t bytes, PageEntry was, int tier, int node) {
+  page_map().retier(addr, bytes, static_cast<uint8_t>(tier), static_cast<uint16_t>(node));
+  if (was.tier < kMaxTiers && was.tier != tier) {
+    g_heap.tiers[was.tier].used.fetch_sub(bytes, std::memory_order_relaxed);
+    g_heap.tiers[tier].used.fetch_add(bytes, std::memory_order_relaxed);
+  }
+}
+}  // namespace
+
 int heap_move(void* addr, size_t len, int tier) {
   uintptr_t start = reinterpret_cast<uintptr_t>(addr) & ~(os::kPageSize - 1);
   uintptr_t end = (reinterpret_cast<uintptr_t>(addr) + len + os::kPageSize - 1) & ~(os::kPageSize - 1);
@@ -573,11 +585,7 @@ int heap_move(void* addr, size_t len, int tier) {
           int rc = os::bind(reinterpret_cast<void*>(run.addr), run.bytes, &node, 1, os::BindMode::kPreferred, true);
           if (rc == -EFAULT) return -EFAULT;
         }
-        map.retier(run.addr, run.bytes, static_cast<uint8_t>(tier), static_cast<uint16_t>(node));
-        if (run.e.tier < kMaxTiers && run.e.tier != tier) {
-          g_heap.tiers[run.e.tier].used.fetch_sub(run.bytes, std::memory_order_relaxed);
-          dst.used.fetch_add(run.bytes, std::memory_order_relaxed);
-        }
+        retier(run.addr, run.bytes, run.e, tier, node);
       }
       // Check (or, for unmanaged pages, perform) the move page by page with move_pages.
       if (!g_heap.emulated) {
@@ -613,8 +621,7 @@ size_t heap_migrate_pages(const uintptr_t* pages, size_t n, int tier, int* statu
     return 0;
   }
   PageMap& map = page_map();
-  TierState& dst = g_heap.tiers[tier];
-  const int node = nearest_node(dst);
+  const int node = nearest_node(g_heap.tiers[tier]);
   size_t moved = 0, failed = 0;
   constexpr size_t kBatch = 256;
   void* batch[kBatch];
@@ -634,21 +641,13 @@ size_t heap_migrate_pages(const uintptr_t* pages, size_t n, int tier, int* statu
         st = -EFAULT;
         continue;
       }
-      if (!g_heap.emulated) {
-        if (st != node) {
-          if (st != -ENOENT) ++failed;
-          if (st >= 0) st = -EAGAIN;  // landed elsewhere (target node full): try again later
-          continue;
-        }
-        st = 0;
-      } else {
-        st = 0;
+      if (!g_heap.emulated && st != node) {
+        if (st != -ENOENT) ++failed;
+        if (st >= 0) st = -EAGAIN;  // landed elsewhere (target node full): try again later
+        continue;
       }
-      map.retier(pages[base + i], os::kPageSize, static_cast<uint8_t>(tier), static_cast<uint16_t>(node));
-      if (e.tier < kMaxTiers && e.tier != tier) {
-        g_heap.tiers[e.tier].used.fetch_sub(os::kPageSize, std::memory_order_relaxed);
-        dst.used.fetch_add(os::kPageSize, std::memory_order_relaxed);
-      }
+      st = 0;
+      retier(pages[base + i], os::kPageSize, e, tier, node);
       ++moved;
     }
   }

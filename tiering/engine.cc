@@ -70,7 +70,7 @@ struct Engine {
   std::mt19937_64 rng{0x7469657261ull};
   uint32_t period = 0;
   std::atomic<double> runs_per_period{64};
-  std::atomic<double> window_us{1000};  // adapted so that a useful share of sampled pages is touched
+  std::atomic<double> window_us{0};  // adapted so that a useful share of sampled runs is touched
   uint64_t tokens = 0, refilled_ns = 0;
   bool kernel_promotes = false;
 
@@ -315,6 +315,7 @@ bool engine_start(const EngineConfig& cfg) {
   if (g_off_reason) return false;
   Engine* e = g_engine ? g_engine : new Engine;
   e->cfg = cfg;
+  e->window_us = cfg.window_us;
   e->stop = false;
   e->started_ns = now_ns();
   const numa::Topology& topo = alloc::process_topology();

@@ -20,7 +20,7 @@ struct EngineConfig {
   double sampler_cpu_percent = 1;  // 0: no sampler
   uint64_t migrate_rate = uint64_t{256} << 20;  // bytes per second
   uint32_t period_ms = 50;
-  uint32_t window_us = 4000;       // how long a run stays armed
+  uint32_t window_us = 1000;       // how long runs stay armed at first (then adapted)
   double half_life_s = 1.0;        // heat halves in this time without accesses
 };
 

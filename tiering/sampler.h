@@ -53,7 +53,6 @@ class Sampler {
   void arm(const Span* spans, size_t n);
   // Disarms every armed run and reports what was touched; returns the number of results.
   size_t disarm(RunResult* out);
-  bool armed() const { return nspans_ != 0; }
 
   // Cost of the fault handler across the process, in nanoseconds, and faults handled.
   static uint64_t handler_ns();
