@@ -39,7 +39,7 @@ uint64_t now_ns(clockid_t clock = CLOCK_MONOTONIC) {
 
 struct RunRecord {
   float heat = 0;
-  uint32_t stamp = 0;  // period of the last heat update
+  uint32_t samples = 0;
   uint32_t moved = PageHeat::kNever;
 };
 
@@ -128,9 +128,13 @@ size_t choose_spans(Engine& e, Sampler::Span* out, size_t max_spans, size_t want
   return n;
 }
 
-float decayed(const Engine& e, const RunRecord& r) {
-  double dt = static_cast<double>(e.period - r.stamp) * e.cfg.period_ms / 1000.0;
-  return static_cast<float>(r.heat * std::exp2(-dt / e.cfg.half_life_s));
+// A run's heat is the weighted mean of its scores over the samples that covered it, newest first;
+// it decays per observation, not per second. A decayed sum per second would compare runs by when
+// the random sampler last visited them rather than by how hot they are: with thousands of runs a
+// visit comes every few seconds, longer than any useful half-life.
+void observe(const Engine& e, RunRecord& r, float score) {
+  const float w = static_cast<float>(e.cfg.observation_weight);
+  r.heat = r.samples++ ? (1 - w) * r.heat + w * score : score;
 }
 
 // One sampling window: arm, wait, disarm, fold the touches into page heat. A touch soon after
@@ -158,9 +162,7 @@ void sample(Engine& e) {
       ++touched;
       score = 1.0f + static_cast<float>(std::clamp(std::log2(e.window_us.load() / us), 0.0, 11.0));
     }
-    RunRecord& r = e.heat[results[i].run];
-    r.heat = decayed(e, r) + score;
-    r.stamp = e.period;
+    observe(e, e.heat[results[i].run], score);
   }
   // A window in which almost nothing is touched learns nothing; one in which almost everything is
   // cannot tell hot from warm and costs a fault per page. Aim between.
@@ -199,7 +201,7 @@ void migrate(Engine& e) {
         it = e.heat.erase(it);  // released by jemalloc's owner: no longer ours to track
         continue;
       }
-      if (!pinned(it->first)) runs.push_back(PageHeat{it->first, decayed(e, it->second), pe.tier, it->second.moved});
+      if (!pinned(it->first)) runs.push_back(PageHeat{it->first, it->second.heat, pe.tier, it->second.moved});
       ++it;
     }
   }

@@ -1,4 +1,4 @@
-// The tiering engine: one background thread that samples page heat, keeps a decayed heat per page,
+// The tiering engine: one background thread that samples page heat, keeps a decayed heat per run,
 // asks the policy (tiering/policy.h) what to move, and moves it through the heap's migrator. It
 // never runs on the application's threads, and virtual addresses never change: pages move, not
 // objects.
@@ -21,7 +21,9 @@ struct EngineConfig {
   uint64_t migrate_rate = uint64_t{256} << 20;  // bytes per second
   uint32_t period_ms = 50;
   uint32_t window_us = 1000;       // how long runs stay armed at first (then adapted)
-  double half_life_s = 1.0;        // heat halves in this time without accesses
+  // Weight of the newest observation in a run's heat (an exponentially weighted mean over the
+  // run's samples): a run found untouched loses this share of its heat each time it is sampled.
+  double observation_weight = 0.5;
 };
 
 // Starts the engine if the configuration and the topology call for it; false if it did not start.
