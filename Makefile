@@ -7,8 +7,11 @@ BENCH_FLAGS ?=
 
 .PHONY: run test test-guest test-sanitizers bench deps bench-deps guest-deps configure build install clean
 
+# The main job: what each placement costs on this machine (real tiers, or an emulated fast/slow
+# split of a one-tier machine, as its first line says), about a minute; charts and tables land in
+# tieralloc-results/.
 run: build
-	$(BUILD)/tool/tieralloc topology
+	$(BUILD)/tool/tieralloc bench compare --plot tieralloc-results/
 
 test: build guest-deps
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)

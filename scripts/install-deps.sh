@@ -12,6 +12,8 @@ set -euo pipefail
 packages=(
   cmake ninja-build g++ make pkg-config python3 bzip2
   libjemalloc-dev libmemkind-dev libhwloc-dev libnuma-dev libgtest-dev libbenchmark-dev
+  # tieralloc bench: its results documents, its charts, and the schema check of its tests
+  nlohmann-json3-dev gnuplot-nox python3-jsonschema
   # programs the LD_PRELOAD tests run (tests/preload/)
   coreutils git redis-server redis-tools memcached
 )

@@ -8,6 +8,7 @@
 #include "numa/hwloc_view.h"
 #include "alloc/options.h"
 #include "numa/topology.h"
+#include "tool/bench.h"
 #include "tool/run.h"
 
 namespace {
@@ -19,6 +20,9 @@ constexpr const char* kUsage =
     "  topology [--json] [--fsroot DIR]   memory tiers of this machine (or of a sysfs tree under DIR)\n"
     "  run [--fast-limit SIZE|N%] [--tiers SPEC] [--stats[=PATH]] -- PROGRAM [ARGS]\n"
     "                                     run PROGRAM with tieralloc as its allocator\n"
+    "  bench WORKLOAD [options]           what each placement costs here: latency, bandwidth, gups, kv,\n"
+    "                                     redis, compare (all but redis); `tieralloc bench --help`\n"
+    "  bench diff A.json B.json           ratio of every figure of two bench results\n"
     "  help                               this text\n";
 
 void print_environment(FILE* out) {
@@ -55,6 +59,7 @@ int main(int argc, char** argv) {
   std::string_view cmd = argv[1];
   std::vector<std::string_view> args(argv + 2, argv + argc);
   if (cmd == "topology") return cmd_topology(args);
+  if (cmd == "bench") return tieralloc::tool::cmd_bench(args);
   if (cmd == "run") return tieralloc::tool::cmd_run(args, usage_error);
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
     std::fputs(kUsage, stdout);

@@ -11,23 +11,24 @@
 #include <string>
 
 namespace tieralloc::tool {
-namespace {
 
-std::string library_path() {
-  if (const char* env = getenv("TIERALLOC_LIBRARY"); env && *env) return env;
+std::string locate(const char* env_var, const std::string& from_bindir, const std::string& in_build_tree) {
+  if (const char* env = getenv(env_var); env && *env) return env;
   char exe[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n > 0) {
     exe[n] = 0;
     std::string dir(exe);
     dir.resize(dir.rfind('/'));
-    std::string installed = dir + "/" + TIERALLOC_BIN_TO_LIB + "/libtieralloc.so.0";
+    std::string installed = dir + "/" + from_bindir;
     if (access(installed.c_str(), R_OK) == 0) return installed;
   }
-  return TIERALLOC_BUILD_LIBRARY;
+  return in_build_tree;
 }
 
-}  // namespace
+std::string library_path() {
+  return locate("TIERALLOC_LIBRARY", std::string(TIERALLOC_BIN_TO_LIB) + "/libtieralloc.so.0", TIERALLOC_BUILD_LIBRARY);
+}
 
 int cmd_run(const std::vector<std::string_view>& args, int (*usage_error)(const std::string&)) {
   size_t i = 0;
