@@ -2,7 +2,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
-# Passed to both comparison scripts, e.g. BENCH_FLAGS=--quick or BENCH_FLAGS="--rounds 5".
+# Passed to every benchmark script, e.g. BENCH_FLAGS=--quick or BENCH_FLAGS="--rounds 5".
 BENCH_FLAGS ?=
 
 .PHONY: run test test-guest test-sanitizers bench deps bench-deps guest-deps configure build install clean
@@ -38,10 +38,16 @@ test-sanitizers: deps
 	    ctest --test-dir $(BUILD)-$$s --output-on-failure -j $(JOBS) -E "$$exclude" || exit 1; \
 	done
 
-# Allocator comparison (reports, not pass/fail): ratios against peers measured in the same run.
+# Benchmarks (reports, not pass/fail), each figure a ratio against peers or baselines measured in the
+# same run: the allocator comparison, redis, and the poison and migration micro-benchmarks, merged
+# with the machine's description into one JSON.
+BENCH_OUT = $(BUILD)/bench
 bench: bench-deps build
-	python3 bench/compare_allocators.py --build $(BUILD) --out $(BUILD)/bench/allocators.json $(BENCH_FLAGS)
-	python3 bench/redis_compare.py --build $(BUILD) --out $(BUILD)/bench/redis.json $(BENCH_FLAGS)
+	python3 bench/compare_allocators.py --build $(BUILD) --out $(BENCH_OUT)/allocators.json $(BENCH_FLAGS)
+	python3 bench/redis_compare.py --build $(BUILD) --out $(BENCH_OUT)/redis.json $(BENCH_FLAGS)
+	python3 bench/microbench.py --build $(BUILD) --out $(BENCH_OUT)/micro.json $(BENCH_FLAGS)
+	python3 bench/merge_results.py --out $(BENCH_OUT)/bench.json allocators=$(BENCH_OUT)/allocators.json \
+	  redis=$(BENCH_OUT)/redis.json micro=$(BENCH_OUT)/micro.json
 
 deps:
 	@scripts/install-deps.sh
