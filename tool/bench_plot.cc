@@ -132,7 +132,7 @@ std::vector<std::string> plot_results(const json& doc, const std::string& dir_in
     Table t;
     for (const auto& i : results["latency"]) {
       std::string row = i.value("target", "") + (i.contains("kind") ? " (" + i.value("kind", "") + ")" : "");
-      t.set(row, "load-to-use latency", fig(i, "latency_ns"));
+      t.set(row, emulated ? "with the emulated delay model" : "load-to-use latency", fig(i, "latency_ns"));
       if (fig(i, "emulated_delay_ns") > 0 || emulated) t.set(row, "measured on this machine", fig(i, "measured_ns"));
     }
     chart("latency.png");
