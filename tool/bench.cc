@@ -810,7 +810,13 @@ int cmd_bench(const std::vector<std::string_view>& args) {
       if (compare && !p.given.count("--seconds")) kv.seconds = p.quick ? 1.0 : 4.0;
       plan.emplace_back("kv", kv_runs(s, kv, compare && !p.given.count("--mixes") ? std::vector<std::string>{"B"} : p.mixes, 5));
     }
-    if (p.workload == "gups" || compare) plan.emplace_back("gups", gups_runs(s, p, compare ? 5 : 10));
+    if (p.workload == "gups" || compare) {
+      // compare: half the working set for longer, so the hot set's move and the recovery both
+      // show within its minute.
+      Params g = p;
+      if (compare && !p.given.count("--ws") && !p.quick) g.ws = 128 * kMiB;
+      plan.emplace_back("gups", gups_runs(s, g, compare ? 8 : 10));
+    }
     double total = 0;
     for (auto& [w, runs] : plan)
       for (auto& r : runs) total += r.weight;
