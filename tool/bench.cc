@@ -57,7 +57,7 @@ constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kLibraryStart = 8 * kMiB;
 // Room on each tier for latency and bandwidth, which are not about budgets, per byte they allocate:
 // jemalloc maps address space in geometrically growing steps that it retains, and a tier's usage
-// counts what is mapped, so a 64 MiB array can take a 128 MiB step.
+// counts what is mapped, so a 64 MiB array can take a 128 MiB step; and the library's first extents.
 constexpr uint64_t kTierRoom = 3;
 
 constexpr const char* kUsage =
@@ -436,7 +436,7 @@ std::vector<Run> latency_runs(const Setup& s, const Params& p) {
     runs.push_back(Run{"latency " + t,
                        {"latency", "--target", t, "--size", std::to_string(p.latency_size), "--seconds", num(secs),
                         "--delay-ns", num(p.slow_delay_ns)},
-                       run_env(s, kTierRoom * p.latency_size, kTierRoom * p.latency_size, false),
+                       run_env(s, kTierRoom * p.latency_size + 256 * kMiB, kTierRoom * p.latency_size + 256 * kMiB, false),
                        secs + static_cast<double>(p.latency_size) / (200 * kMiB), json::object()});
   return runs;
 }
@@ -449,7 +449,7 @@ std::vector<Run> bandwidth_runs(const Setup& s, const Params& p) {
       runs.push_back(Run{"bandwidth " + t + " " + std::to_string(th) + " thread" + (th > 1 ? "s" : ""),
                          {"bandwidth", "--target", t, "--size", std::to_string(p.bandwidth_size), "--threads",
                           std::to_string(th), "--seconds", num(secs)},
-                         run_env(s, 2 * kTierRoom * p.bandwidth_size, 2 * kTierRoom * p.bandwidth_size, false),
+                         run_env(s, 3 * kTierRoom * p.bandwidth_size + 256 * kMiB, 3 * kTierRoom * p.bandwidth_size + 256 * kMiB, false),
                          3 * secs + static_cast<double>(p.bandwidth_size) / (300 * kMiB), json::object()});
   return runs;
 }
