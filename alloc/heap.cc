@@ -529,10 +529,11 @@ int heap_tier_of(const void* addr) {
   if (node >= 0) {
     int t = process_topology().tier_of_node(node);
     if (t >= 0 && t < heap_tier_count()) return t;
-  } else if (node != -ENOENT) {
-    return node;  // -EFAULT: not mapped at all
+  } else if (!e.managed()) {
+    return node;  // not ours: nothing there, or not mapped at all
   }
-  // Not faulted in yet (or on a node outside the tiers): the tier it is bound to.
+  // Not faulted in yet, out of reach for a moment, or on a node outside the tiers: the tier the
+  // page map records.
   return e.tier == PageEntry::kUnmanaged ? -ENOENT : e.tier;
 }
 
@@ -597,7 +598,8 @@ int heap_move(void* addr, size_t len, int tier) {
           if (rc < 0 && rc != -ENOENT) return static_cast<int>(rc);
           for (size_t i = 0; i < n; ++i) {
             if (status[i] == node) moved += os::kPageSize;
-            else if (status[i] != -ENOENT) ++failed;  // not faulted in: nothing to move, policy set
+            // Not faulted in (nothing to move, the policy is set), or out of reach a moment.
+            else if (managed ? !os::absent_status(status[i]) : status[i] != -ENOENT) ++failed;
           }
         }
       } else if (managed) {
@@ -642,7 +644,11 @@ size_t heap_migrate_pages(const uintptr_t* pages, size_t n, int tier, int* statu
         continue;
       }
       if (!g_heap.emulated && st != node) {
-        if (st != -ENOENT) ++failed;
+        if (os::absent_status(st)) {
+          st = -ENOENT;  // one answer for "nothing to move", whatever the kernel's
+          continue;
+        }
+        ++failed;
         if (st >= 0) st = -EAGAIN;  // landed elsewhere (target node full): try again later
         continue;
       }

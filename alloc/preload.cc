@@ -238,6 +238,7 @@ __attribute__((constructor(101))) void tieralloc_start() {
   // Poison's fault filters go first: a fault on a quarantined page is never a sampling fault.
   poison::init(o.poison);
   heap_add_stats_section("tiering", tiering::engine_stats_json);
+  heap_add_stats_section("poison", poison::stats_json);
   tiering::EngineConfig ec;
   ec.migrate = o.migrate;
   ec.sampler_cpu_percent = o.sampler_cpu_percent;

@@ -49,7 +49,8 @@ void* avoiding(Attempt attempt) {
   for (int tries = 0; tries < kMaxTries; ++tries) {
     void* p = attempt();
     if (!p) return nullptr;
-    if (!overlaps_quarantine(p, sallocx(p, 0))) return p;
+    const size_t n = sallocx(p, 0);
+    if (!overlaps_quarantine(p, n) || absorb_free_block(p, n)) return p;
     hold(p);
   }
   errno = ENOMEM;
@@ -57,6 +58,13 @@ void* avoiding(Attempt attempt) {
 }
 
 int lg(size_t alignment) { return alignment > 1 ? 63 - __builtin_clzll(alignment) : 0; }
+
+// Zeroes [p, p+n) of a block this thread holds alone, so that poison consumed there is repaired
+// on the spot (ZeroingScope) rather than reaching the program.
+void zero_own(void* p, size_t n) {
+  ZeroingScope scope(p, n);
+  memset(p, 0, n);
+}
 
 // Copies the old block's first n bytes into q; false (EIO) when some of them are poisoned: a
 // resize never passes lost data off as good.
@@ -83,7 +91,7 @@ void* calloc_avoiding(size_t n, size_t size) {
     return nullptr;
   }
   void* p = malloc_avoiding(bytes);
-  if (p) memset(p, 0, bytes);
+  if (p) zero_own(p, bytes);
   return p;
 }
 
@@ -123,7 +131,7 @@ void* aligned_alloc_avoiding(size_t alignment, size_t size) {
 
 void* mallocx_avoiding(size_t size, int flags) {
   void* p = avoiding([&] { return tl_je_mallocx(size, flags & ~kMallocxZero); });
-  if (p && (flags & kMallocxZero)) memset(p, 0, sallocx(p, 0));
+  if (p && (flags & kMallocxZero)) zero_own(p, sallocx(p, 0));
   return p;
 }
 
@@ -136,7 +144,7 @@ void* rallocx_avoiding(void* ptr, size_t size, int flags) {
     return nullptr;
   }
   const size_t now = sallocx(q, 0);
-  if ((flags & kMallocxZero) && now > old) memset(static_cast<char*>(q) + old, 0, now - old);
+  if ((flags & kMallocxZero) && now > old) zero_own(static_cast<char*>(q) + old, now - old);
   dallocx(ptr, flags & kMallocxTcacheMask);
   return q;
 }
@@ -145,7 +153,7 @@ size_t xallocx_avoiding(void* ptr, size_t size, size_t extra, int flags) {
   const size_t old = sallocx(ptr, 0);
   size_t now = tl_je_xallocx(ptr, size, extra, flags & ~kMallocxZero);
   if (now > old && overlaps_quarantine(static_cast<char*>(ptr) + old, now - old)) now = tl_je_xallocx(ptr, old, 0, 0);
-  else if (now > old && (flags & kMallocxZero)) memset(static_cast<char*>(ptr) + old, 0, now - old);
+  else if (now > old && (flags & kMallocxZero)) zero_own(static_cast<char*>(ptr) + old, now - old);
   return now;
 }
 

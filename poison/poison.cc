@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "alloc/heap.h"
@@ -61,6 +62,21 @@ constinit pid_t g_handler_thread_pid = 0;  // process that runs the delivery thr
 
 constinit std::atomic<bool> g_initialised{false};
 constinit std::atomic<uint64_t> g_stray_accesses{0}, g_ignored_action_optional{0};
+// Pages given a fresh frame because what was lost on them was nobody's: consumed inside the
+// allocator's own zeroing, or absorbed by free blocks.
+constinit std::atomic<uint64_t> g_zeroing_replaced{0}, g_free_absorbed{0};
+
+// This thread's ZeroingScope (empty when start == end). initial-exec: the fault filters read it,
+// and __tls_get_addr may allocate.
+struct ZeroingRange {
+  uintptr_t start, end;
+};
+__attribute__((tls_model("initial-exec"))) constinit thread_local ZeroingRange t_zeroing{0, 0};
+
+bool inside_zeroing(uintptr_t start, uintptr_t end) {
+  const ZeroingRange z = t_zeroing;
+  return z.start < z.end && start >= z.start && end <= z.end;
+}
 
 size_t slot_index(uintptr_t page) { return static_cast<size_t>((page >> 12) * 0x9E3779B97F4A7C15ull >> 50) & (kSlots - 1); }
 
@@ -129,6 +145,27 @@ void remove(Slot* s) {
   }
 }
 
+// A fresh page placed like the managed page at `like` (its tier's node, its arena's policy),
+// mapped elsewhere: what replaces a page whose frame is lost. Null when out of memory.
+char* fresh_page_like(uintptr_t like) {
+  char* fresh = static_cast<char*>(os::map_anonymous(kPage, kPage));
+  if (fresh) alloc::heap_bind_like(fresh, kPage, reinterpret_cast<void*>(like));
+  return fresh;
+}
+
+// Under g_lock: a fresh zeroed page takes the place of `page` in one step (the kernel keeps the
+// poisoned frame), and a quarantine the page had ends. For pages that hold nothing anyone needs.
+bool replace_with_zero_page(uintptr_t page) {
+  char* fresh = fresh_page_like(page);
+  if (!fresh) return false;
+  if (!os::move_mapping(fresh, reinterpret_cast<void*>(page), kPage)) {
+    os::unmap(fresh, kPage);
+    return false;
+  }
+  if (Slot* s = find(page)) remove(s);
+  return true;
+}
+
 void futex_wake(std::atomic<uint32_t>* word) {
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
 }
@@ -161,6 +198,20 @@ bool machine_check_filter(int, siginfo_t* info, void* ucontext) {
   if (lsb < 6 || lsb > 30) lsb = 12;  // unknown extent: the page
   const uintptr_t size = uintptr_t{1} << lsb;
   const uintptr_t start = reinterpret_cast<uintptr_t>(info->si_addr) & ~(size - 1);
+  // Consumed by the allocator's own zeroing of a block it holds alone: nothing was lost, and the
+  // store can go on on fresh frames. The kernel has already retired the bad one.
+  if (code == BUS_MCEERR_AR) {
+    const uintptr_t first = start & ~(kPage - 1), end = (start + size + kPage - 1) & ~(kPage - 1);
+    if (inside_zeroing(first, end) && managed_range(first, end)) {
+      os::SignalSafeLock lock(g_lock);
+      bool all = true;
+      for (uintptr_t page = first; page < end && all; page += kPage) all = replace_with_zero_page(page);
+      if (all) {
+        g_zeroing_replaced.fetch_add((end - first) / kPage, std::memory_order_relaxed);
+        return true;
+      }
+    }
+  }
   const int rc = quarantine(start, size, code == BUS_MCEERR_AR ? TIERALLOC_POISON_CONSUMED : TIERALLOC_POISON_FOUND);
   if (rc != 0) {
     // Not tieralloc's memory (or no room to record it). An action-optional report is survivable:
@@ -186,6 +237,15 @@ bool quarantined_access_filter(int, siginfo_t* info, void* ucontext) {
   uintptr_t page = reinterpret_cast<uintptr_t>(info->si_addr) & ~(kPage - 1);
   if (!bad_lines(page)) return false;
   if (os::redirect_guarded_copy(ucontext)) return true;
+  // Quarantined (a scrubber's report, say) while this thread zeroes it for a block it holds.
+  if (inside_zeroing(page, page + kPage)) {
+    os::SignalSafeLock lock(g_lock);
+    if (!bad_lines(page)) return true;  // repaired meanwhile: the store can go on
+    if (replace_with_zero_page(page)) {
+      g_zeroing_replaced.fetch_add(1, std::memory_order_relaxed);
+      return true;
+    }
+  }
   g_stray_accesses.fetch_add(1, std::memory_order_relaxed);
   return false;
 }
@@ -285,9 +345,8 @@ size_t read_quarantined(Slot* s, uintptr_t page, char* dst, uintptr_t src, size_
 // (placed like the old one) holding its good lines and the repair data, then takes it out of
 // quarantine. False (page stays quarantined) when a good line turns out unreadable.
 bool rebuild(Slot* s, uintptr_t page) {
-  char* fresh = static_cast<char*>(os::map_anonymous(kPage, kPage));
+  char* fresh = fresh_page_like(page);
   if (!fresh) return false;
-  alloc::heap_bind_like(fresh, kPage, reinterpret_cast<void*>(page));
   const uint64_t written = s->written.load(std::memory_order_relaxed);
   const char* shadow = s->shadow.load(std::memory_order_relaxed);
   for (unsigned line = 0; line < kLinesPerPage;) {
@@ -341,6 +400,61 @@ bool overlaps_quarantine(const void* addr, size_t len) {
     if (k > kTombstone && k >= first && k <= last && s.bad.load(std::memory_order_acquire)) return true;
   }
   return false;
+}
+
+bool absorb_free_block(const void* block, size_t len) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(block), end = a + len;
+  // Only whole lines are the block's: a line it shares with a neighbour may hold live data.
+  const uintptr_t lo = (a + kLineSize - 1) & ~(kLineSize - 1), hi = end & ~(kLineSize - 1);
+  bool rebuilt = false;
+  if (lo < hi) {
+    os::SignalSafeLock lock(g_lock);
+    for (uintptr_t page = lo & ~(kPage - 1); page < hi; page += kPage) {
+      Slot* s = find(page);
+      if (!s) continue;
+      const uint64_t absorbed = lines_of(page, lo, hi) & s->bad.load(std::memory_order_relaxed) &
+                                ~s->written.load(std::memory_order_relaxed);
+      if (!absorbed) continue;
+      char* shadow = s->shadow.load(std::memory_order_relaxed);
+      if (!shadow) {
+        shadow = static_cast<char*>(os::map_anonymous(kPage, kPage));  // zero-filled
+        if (!shadow) continue;
+        s->shadow.store(shadow, std::memory_order_relaxed);
+      }
+      for (unsigned line = 0; line < kLinesPerPage; ++line)
+        if (absorbed >> line & 1) std::memset(shadow + line * kLineSize, 0, kLineSize);
+      s->written.fetch_or(absorbed, std::memory_order_release);
+      if (!(s->bad.load(std::memory_order_relaxed) & ~s->written.load(std::memory_order_relaxed)) && rebuild(s, page)) {
+        rebuilt = true;
+        g_free_absorbed.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  }
+  if (rebuilt) release_held_blocks();
+  return !overlaps_quarantine(block, len);
+}
+
+ZeroingScope::ZeroingScope(void* addr, size_t len) {
+  t_zeroing = ZeroingRange{reinterpret_cast<uintptr_t>(addr), reinterpret_cast<uintptr_t>(addr) + len};
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // published before the first store
+}
+
+ZeroingScope::~ZeroingScope() {
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  t_zeroing = ZeroingRange{0, 0};
+}
+
+std::string stats_json() {
+  char buf[384];
+  snprintf(buf, sizeof buf,
+           "{\"quarantined_bytes\": %zu, \"held_blocks\": %zu, \"zeroing_replaced_pages\": %llu, "
+           "\"free_absorbed_pages\": %llu, \"stray_accesses\": %llu, \"ignored_action_optional\": %llu}",
+           g_quarantined_pages.load(std::memory_order_relaxed) * kPage, held_blocks(),
+           static_cast<unsigned long long>(g_zeroing_replaced.load(std::memory_order_relaxed)),
+           static_cast<unsigned long long>(g_free_absorbed.load(std::memory_order_relaxed)),
+           static_cast<unsigned long long>(g_stray_accesses.load(std::memory_order_relaxed)),
+           static_cast<unsigned long long>(g_ignored_action_optional.load(std::memory_order_relaxed)));
+  return buf;
 }
 
 int quarantine(uintptr_t addr, size_t len, int source) {

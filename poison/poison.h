@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace tieralloc::poison {
 
@@ -50,5 +51,26 @@ void* new_avoiding(size_t size, size_t alignment);
 // Frees the held-aside blocks that no longer overlap a quarantined page (after a repair).
 void release_held_blocks();
 size_t held_blocks();
+
+// For a block just taken from jemalloc and handed to nobody that touches a quarantined page: the
+// bad lines wholly inside it hold no live data, so they count as repaired (with zeros), and a
+// page left with no other bad line is rebuilt and returns to service. True when the block no
+// longer touches a quarantined page (it may be handed out); false: hold it aside.
+bool absorb_free_block(const void* block, size_t len);
+
+// While alive, [addr, addr+len) is memory this thread is zeroing for a block nobody else holds
+// (the allocation slow paths' own zeroing). Poison consumed on a page wholly inside it -- a
+// machine check, or a fault on a page quarantined meanwhile -- holds nothing that can be lost:
+// the page gets a fresh zeroed frame and the store resumes. One range per thread; no nesting.
+class ZeroingScope {
+ public:
+  ZeroingScope(void* addr, size_t len);
+  ~ZeroingScope();
+  ZeroingScope(const ZeroingScope&) = delete;
+  ZeroingScope& operator=(const ZeroingScope&) = delete;
+};
+
+// The "poison" member of tieralloc_stats_json.
+std::string stats_json();
 
 }  // namespace tieralloc::poison

@@ -114,6 +114,26 @@ TEST_F(Guest, MoveCarriesPagesAcrossNodesAndKeepsContents) {
   tieralloc_free(p);
 }
 
+// Memory never touched has no node yet, and 6.1 says so with -EFAULT, not -ENOENT (kernel_test.cc):
+// it still reports the tier it is bound to, and a move of a half-touched range succeeds, its
+// untouched half following the new binding when it is touched.
+TEST_F(Guest, UntouchedMemoryHasItsTierAndMovesWithTheRest) {
+  const size_t len = 16 << 20;  // more than the tests before freed on the tier: fresh address space
+  auto* p = static_cast<unsigned char*>(tieralloc_mallocx(len, TIERALLOC_TIER(tiers_ - 1) | TIERALLOC_ALIGN(4096)));
+  ASSERT_NE(p, nullptr);
+  ASSERT_LT(tieralloc::guest::page_nodes(p + len / 2, 1).at(0), 0) << "the page must not be resident yet";
+  EXPECT_EQ(tieralloc_tier_of(p + len / 2), tiers_ - 1) << strerror(errno);
+  std::memset(p, 7, len / 2);
+  EXPECT_TRUE(on_nodes(p, len / 2, {slow_node_}));
+  ASSERT_EQ(tieralloc_move(p, len, 0), 0) << strerror(errno);
+  EXPECT_TRUE(on_nodes(p, len / 2, tier_nodes(0)));
+  EXPECT_EQ(tieralloc_tier_of(p + len / 2), 0);
+  std::memset(p + len / 2, 8, len / 2);
+  EXPECT_TRUE(on_nodes(p + len / 2, len / 2, tier_nodes(0)));
+  EXPECT_EQ(p[0], 7);
+  tieralloc_free(p);
+}
+
 // Plain malloc under TIERALLOC_FAST_LIMIT: tier 0 until the budget is spent, then the next tier's
 // node, never past the budget on tier 0. A suite of its own: it needs the variable, the rest not.
 class Budget : public Guest {};

@@ -185,6 +185,29 @@ TEST_P(Hwpoison, DiscardOrMapFixedReplacesThePoisonedFrame) {
   munmap(p, 4 * kPage);
 }
 
+// move_pages' status query on 6.1 (Debian 12): -EFAULT for an anonymous page never faulted in --
+// the same answer as for an address with nothing mapped -- and -ENOENT for a present page it
+// cannot reach (PROT_NONE, as the heat sampler leaves runs while it watches them). Current
+// kernels answer -ENOENT for the first and the node for the second; tieralloc reads both errors
+// as "no page there now" (os::absent_status).
+TEST(MovePagesStatus, UnpopulatedIsEfaultAndUnreachableIsEnoent) {
+  void* map = mmap(nullptr, 4 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  auto* p = static_cast<unsigned char*>(map);
+  p[0] = 1;  // page 0 present; pages 1-3 never touched, in the same page table
+  ASSERT_EQ(munmap(p + 3 * kPage, kPage), 0);
+  auto status = [](const void* page) { return tieralloc::guest::page_nodes(page, 1).at(0); };
+  EXPECT_GE(status(p), 0);
+  EXPECT_EQ(status(p + kPage), -EFAULT) << "never faulted in";
+  EXPECT_EQ(status(p + 3 * kPage), -EFAULT) << "not mapped";
+  ASSERT_EQ(mprotect(p, kPage, PROT_NONE), 0);
+  EXPECT_EQ(status(p), -ENOENT) << "present, PROT_NONE";
+  ASSERT_EQ(mprotect(p, kPage, PROT_READ | PROT_WRITE), 0);
+  EXPECT_GE(status(p), 0);
+  EXPECT_EQ(p[0], 1);
+  munmap(p, 3 * kPage);
+}
+
 INSTANTIATE_TEST_SUITE_P(FastAndSlowNode, Hwpoison,
                          ::testing::Values(0, tieralloc::guest::expected_slow_node()),
                          [](const auto& info) {

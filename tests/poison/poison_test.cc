@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "tests/support/fault.h"
+#include "tests/support/stats_json.h"
 #include "tieralloc/tieralloc.h"
 
 namespace {
@@ -26,6 +27,8 @@ namespace {
 using tieralloc::testing::in_child;
 using tieralloc::testing::kernel_handler;
 using tieralloc::testing::send_fault;
+using tieralloc::testing::stats_figure;
+using tieralloc::testing::stats_json;
 
 constexpr size_t kPage = 4096, kLine = 64;
 
@@ -388,6 +391,78 @@ TEST(Poison, NoAllocationLandsOnAQuarantinedPageAndRepairedPagesServeAgain) {
   for (auto& b : fresh) tieralloc_free(b.p);
   for (auto& b : live)
     if (b.p) tieralloc_free(b.p);
+}
+
+// A page found bad while it held no live object: the next allocation jemalloc makes from the
+// freed block takes it back at once -- fresh frame, zeroed -- instead of holding the block aside.
+TEST(Poison, FreeBlockAbsorbsItsBadPageAndIsHandedOutAgain) {
+  const int arena = TIERALLOC_TIER(0);
+  const size_t size = 16 * kPage;
+  char* p = static_cast<char*>(tieralloc_mallocx(size, arena));
+  ASSERT_NE(p, nullptr);
+  std::memset(p, 0x5a, size);
+  char* page = page_of(p + size / 2);
+  tieralloc_free(p);
+  const auto absorbed_before = stats_figure(stats_json(), "free_absorbed_pages");
+  ASSERT_EQ(send_fault(SIGBUS, BUS_MCEERR_AO, page + 100, 12), 0);
+  ASSERT_EQ(tieralloc_quarantined_bytes(), kPage);
+
+  char* q = static_cast<char*>(tieralloc_mallocx(size, arena));
+  ASSERT_EQ(q, p) << "the thread cache hands the freed block back";
+  EXPECT_EQ(tieralloc_quarantined_bytes(), 0u);
+  EXPECT_EQ(tieralloc_poison_check(q, size), 0);
+  EXPECT_EQ(stats_figure(stats_json(), "free_absorbed_pages"), absorbed_before + 1);
+  EXPECT_EQ(stats_figure(stats_json(), "held_blocks"), 0u);
+  for (size_t i = 0; i < kPage; ++i) ASSERT_EQ(page[i], 0) << "a fresh frame, zeroed: byte " << i;
+  std::memset(q, 1, size);  // and every byte is writable
+  tieralloc_free(q);
+}
+
+// A page with live objects and free ones: repairing the live objects is not enough while the free
+// slots hold bad lines, and the allocations that reuse those slots supply the rest.
+TEST(Poison, RepairOfLiveObjectsAndReuseOfFreeSlotsTogetherRebuildThePage) {
+  const int arena = TIERALLOC_TIER(0);
+  constexpr size_t kObj = 1024;  // a size class whose slots tile pages exactly
+  std::vector<char*> objs;
+  for (int i = 0; i < 32; ++i) {
+    char* o = static_cast<char*>(tieralloc_mallocx(kObj, arena));
+    std::memset(o, 'a' + i % 26, kObj);
+    objs.push_back(o);
+  }
+  // A page all of whose four slots are this test's objects.
+  char* page = nullptr;
+  std::vector<size_t> on_page;
+  for (size_t i = 0; i < objs.size() && !page; ++i) {
+    char* candidate = page_of(objs[i]);
+    on_page.clear();
+    for (size_t j = 0; j < objs.size(); ++j)
+      if (page_of(objs[j]) == candidate) on_page.push_back(j);
+    if (on_page.size() == kPage / kObj) page = candidate;
+  }
+  ASSERT_NE(page, nullptr);
+  tieralloc_free(objs[on_page[0]]);
+  tieralloc_free(objs[on_page[1]]);
+  ASSERT_EQ(send_fault(SIGBUS, BUS_MCEERR_AO, page, 12), 0);
+  for (size_t k : {on_page[2], on_page[3]}) {
+    std::vector<char> fix(kObj, static_cast<char>('a' + k % 26));
+    EXPECT_EQ(tieralloc_repair_write(objs[k], fix.data(), kObj), 1) << "free slots still hold bad lines";
+  }
+  EXPECT_EQ(tieralloc_quarantined_bytes(), kPage);
+
+  std::vector<char*> again;
+  bool landed = false;
+  for (int i = 0; i < 64 && tieralloc_quarantined_bytes(); ++i) {
+    char* o = static_cast<char*>(tieralloc_mallocx(kObj, arena));
+    ASSERT_EQ(tieralloc_poison_check(o, kObj), 0);
+    landed = landed || page_of(o) == page;
+    again.push_back(o);
+  }
+  EXPECT_EQ(tieralloc_quarantined_bytes(), 0u);
+  EXPECT_TRUE(landed) << "the slot that completed the page was handed out";
+  for (size_t k : {on_page[2], on_page[3]})
+    for (size_t b = 0; b < kObj; ++b) ASSERT_EQ(objs[k][b], static_cast<char>('a' + k % 26)) << "object " << k;
+  for (char* o : again) tieralloc_free(o);
+  EXPECT_EQ(stats_figure(stats_json(), "held_blocks"), 0u) << "the slot held aside meanwhile was released";
 }
 
 TEST(Poison, StormOfReportsWhileOthersAllocate) {
