@@ -335,6 +335,16 @@ void destroy_thread_tcaches(void*) {
     }
 }
 
+// jemalloc grows an arena's address space in geometric steps and keeps what it mapped; a tier's
+// usage counts what is mapped, so unbounded steps make budgets coarse (a 64 MiB request could map
+// 128 MiB). Steps capped here: a request maps its own size class, never a larger step.
+void limit_retained_growth(unsigned arena) {
+  char name[64];
+  snprintf(name, sizeof name, "arena.%u.retain_grow_limit", arena);
+  size_t limit = size_t{4} << 20;
+  mallctl(name, nullptr, nullptr, &limit, sizeof limit);
+}
+
 // Arena of an explicit slot, created on first use.
 unsigned arena_for(int slot) {
   Policy& p = g_heap.policies[slot];
@@ -346,6 +356,7 @@ unsigned arena_for(int slot) {
   extent_hooks_t* hooks = &p.hooks;
   size_t sz = sizeof a;
   if (mallctl("arenas.create", &a, &sz, &hooks, sizeof hooks) != 0) return kNoArena;
+  limit_retained_growth(a);
   p.arena.store(a, std::memory_order_release);
   return a;
 }
