@@ -30,6 +30,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -37,8 +38,10 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "bench/worker/placements.h"
 #include "numa/hwloc_view.h"
 #include "numa/topology.h"
+#include "os/fs.h"
 #include "tool/run.h"
 
 extern char** environ;
@@ -50,7 +53,7 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 const char* const kWorkloads[] = {"latency", "bandwidth", "gups", "kv", "redis", "compare"};
-const char* const kPlacements[] = {"all-fast", "all-slow", "first-touch", "static-ratio", "tieralloc"};
+using bench::kPlacements;
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 // What libtieralloc holds on the fast tier before a program allocates anything (its first jemalloc
 // extents); fast-tier budgets add it, so that "a quarter of the data" is a quarter of the data.
@@ -102,18 +105,9 @@ struct UsageError : BenchError {
 };
 
 uint64_t parse_size(std::string_view s) {
-  std::string str(s);
-  char* end;
-  double v = strtod(str.c_str(), &end);
-  uint64_t mult = 1;
-  switch (*end) {
-    case 'K': case 'k': mult = uint64_t{1} << 10, ++end; break;
-    case 'M': case 'm': mult = kMiB, ++end; break;
-    case 'G': case 'g': mult = uint64_t{1} << 30, ++end; break;
-    default: break;
-  }
-  if (end == str.c_str() || *end || !(v > 0)) throw UsageError("not a size: '" + str + "' (e.g. 256M)");
-  return static_cast<uint64_t>(v * static_cast<double>(mult));
+  auto bytes = os::parse_size(s);
+  if (!bytes || *bytes == 0) throw UsageError("not a size: '" + std::string(s) + "' (e.g. 256M)");
+  return *bytes;
 }
 
 double parse_number(std::string_view s, double min, const char* what) {
@@ -292,7 +286,7 @@ class Progress {
  public:
   Progress(double total_weight) : total_(total_weight), tty_(isatty(STDERR_FILENO)) {}
   void start(const std::string& label, double weight) {
-    label_ = label, weight_ = weight, fraction_ = 0, started_ = Clock::now(), ++index_;
+    label_ = label, weight_ = weight, fraction_ = 0, started_ = Clock::now();
     if (!tty_) fprintf(stderr, "bench: %s ...\n", label.c_str());
     draw();
   }
@@ -322,7 +316,6 @@ class Progress {
   }
   double total_, done_ = 0, weight_ = 0, fraction_ = 0;
   bool tty_;
-  int index_ = 0;
   std::string label_;
   Clock::time_point started_;
 };
@@ -336,7 +329,6 @@ struct Run {
   std::vector<std::string> argv;  // after the program name
   std::vector<std::string> env;
   double weight;  // expected seconds, for the progress bar
-  json identity;  // merged into every item the run reports
 };
 
 // Starts argv[0] (searched on PATH) with env (nullptr: this process's environment) and its stdout
@@ -400,7 +392,6 @@ std::vector<json> execute(const Run& run, Progress& progress) {
       } else if (line.rfind("result ", 0) == 0) {
         json item = json::parse(line.substr(7), nullptr, false);
         if (item.is_discarded()) throw BenchError(run.label + ": unreadable result line");
-        for (auto& [k, v] : run.identity.items()) item[k] = v;
         items.push_back(std::move(item));
       }
     }
@@ -437,7 +428,7 @@ std::vector<Run> latency_runs(const Setup& s, const Params& p) {
                        {"latency", "--target", t, "--size", std::to_string(p.latency_size), "--seconds", num(secs),
                         "--delay-ns", num(p.slow_delay_ns)},
                        run_env(s, kTierRoom * p.latency_size + 256 * kMiB, kTierRoom * p.latency_size + 256 * kMiB, false),
-                       secs + static_cast<double>(p.latency_size) / (200 * kMiB), json::object()});
+                       secs + static_cast<double>(p.latency_size) / (200 * kMiB)});
   return runs;
 }
 
@@ -450,7 +441,7 @@ std::vector<Run> bandwidth_runs(const Setup& s, const Params& p) {
                          {"bandwidth", "--target", t, "--size", std::to_string(p.bandwidth_size), "--threads",
                           std::to_string(th), "--seconds", num(secs)},
                          run_env(s, 3 * kTierRoom * p.bandwidth_size + 256 * kMiB, 3 * kTierRoom * p.bandwidth_size + 256 * kMiB, false),
-                         3 * secs + static_cast<double>(p.bandwidth_size) / (300 * kMiB), json::object()});
+                         3 * secs + static_cast<double>(p.bandwidth_size) / (300 * kMiB)});
   return runs;
 }
 
@@ -463,7 +454,7 @@ std::vector<Run> gups_runs(const Setup& s, const Params& p, double default_secon
     runs.push_back(Run{"gups " + pl,
                        {"gups", "--placement", pl, "--seconds", num(secs), "--ws", std::to_string(p.ws), "--delay-ns",
                         num(p.slow_delay_ns)},
-                       run_env(s, fast, 4 * p.ws + 256 * kMiB, pl == "tieralloc"), secs + 0.5, json::object()});
+                       run_env(s, fast, 4 * p.ws + 256 * kMiB, pl == "tieralloc"), secs + 0.5});
   }
   return runs;
 }
@@ -481,7 +472,7 @@ std::vector<Run> kv_runs(const Setup& s, const Params& p, const std::vector<std:
                          {"kv", "--placement", pl, "--mix", mix, "--records", std::to_string(p.records), "--seconds",
                           num(secs), "--delay-ns", num(p.slow_delay_ns)},
                          run_env(s, fast, 4 * values + 256 * kMiB, pl == "tieralloc"),
-                         secs + static_cast<double>(values) / (400 * kMiB), json::object()});
+                         secs + static_cast<double>(values) / (400 * kMiB)});
     }
   return runs;
 }
@@ -597,8 +588,9 @@ std::vector<json> run_redis(const Setup& s, const Params& p, Progress& progress)
   std::vector<json> items;
   std::vector<std::string> configs{"own-jemalloc"};
   for (const auto& l : p.limits) configs.push_back(l);
-  char tmpl[] = "/tmp/tieralloc-bench-redis-XXXXXX";
-  if (!mkdtemp(tmpl)) throw BenchError(std::string("mkdtemp: ") + strerror(errno));
+  // The servers' working directory (it stays empty: no persistence) and the statistics files.
+  std::string tmpl = (std::filesystem::temp_directory_path() / "tieralloc-bench-redis-XXXXXX").string();
+  if (!mkdtemp(tmpl.data())) throw BenchError("cannot create a directory like " + tmpl + ": " + strerror(errno));
   const std::string tmp = tmpl;
   for (const auto& config : configs) {
     const bool preload = config != "own-jemalloc";
@@ -613,11 +605,12 @@ std::vector<json> run_redis(const Setup& s, const Params& p, Progress& progress)
     }
     const int port = free_port();
     const std::string label = preload ? "tieralloc fast=" + config : "redis (own jemalloc)";
-    Run run{"redis " + label, {}, {}, static_cast<double>(requests) / 20000, json::object()};
-    progress.start(run.label, run.weight);
+    progress.start("redis " + label, static_cast<double>(requests) / 20000);
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
     pid_t server = spawn({"redis-server", "--port", std::to_string(port), "--bind", "127.0.0.1", "--save", "",
                           "--appendonly", "no", "--dir", tmp, "--loglevel", "warning"},
-                         &env, open("/dev/null", O_WRONLY | O_CLOEXEC));
+                         &env, devnull);
+    close(devnull);
     auto stop_server = [&] {
       redis_command(port, "SHUTDOWN NOSAVE");
       for (int i = 0; i < 100; ++i) {

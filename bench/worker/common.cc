@@ -8,8 +8,6 @@
 
 namespace tieralloc::bench {
 
-const char* const kPlacements[5] = {"all-fast", "all-slow", "first-touch", "static-ratio", "tieralloc"};
-
 Args::Args(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     if (strncmp(argv[i], "--", 2) != 0 || i + 1 >= argc) fail(std::string("bad argument ") + argv[i]);
@@ -60,12 +58,6 @@ void spin_ns(double ns) {
 }
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-bool is_placement(const std::string& placement) {
-  for (const char* p : kPlacements)
-    if (placement == p) return true;
-  return false;
-}
 
 int placement_flags(const std::string& placement, size_t i) {
   const int slowest = tieralloc_tier_count() - 1;

@@ -54,8 +54,6 @@ inline void keep(const T& value) {
 // the default placement (fastest tier first, within its budget); they differ in the engine, which
 // the driver turns on through the environment for "tieralloc" only.
 int placement_flags(const std::string& placement, size_t i);
-bool is_placement(const std::string& placement);
-extern const char* const kPlacements[5];
 
 // Which of a set of pages are on the fast tier, refreshed on demand with tieralloc_tier_of. The
 // workloads read it on every access, so it is a plain byte per page, not a system call.
