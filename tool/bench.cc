@@ -110,11 +110,17 @@ uint64_t parse_size(std::string_view s) {
   return *bytes;
 }
 
+std::string num(double v) {
+  char b[32];
+  snprintf(b, sizeof b, "%g", v);
+  return b;
+}
+
 double parse_number(std::string_view s, double min, const char* what) {
   std::string str(s);
   char* end;
   double v = strtod(str.c_str(), &end);
-  if (end == str.c_str() || *end || !(v >= min)) throw UsageError(std::string(what) + ": not a number >= " + std::to_string(min) + ": '" + str + "'");
+  if (end == str.c_str() || *end || !(v >= min)) throw UsageError(std::string(what) + ": not a number >= " + num(min) + ": '" + str + "'");
   return v;
 }
 
@@ -406,11 +412,6 @@ std::vector<json> execute(const Run& run, Progress& progress) {
 
 // ---- the workloads' runs ----
 
-std::string num(double v) {
-  char b[32];
-  snprintf(b, sizeof b, "%g", v);
-  return b;
-}
 
 std::vector<std::string> targets(const Setup& s) {
   std::vector<std::string> t;
