@@ -131,4 +131,22 @@ Plan plan_moves(std::span<const PageHeat> pages, std::span<const TierBudget> tie
   return plan;
 }
 
+double site_credit(uintptr_t object, size_t object_bytes, uintptr_t run, size_t run_bytes, uintptr_t fault_addr,
+                   float score) {
+  uintptr_t lo = std::max(object, run), hi = std::min(object + object_bytes, run + run_bytes);
+  if (hi <= lo) return -1;
+  if (score <= 0 || fault_addr < lo || fault_addr >= hi) return 0;
+  return static_cast<double>(score) * static_cast<double>(run_bytes) / static_cast<double>(hi - lo);
+}
+
+SiteHeat classify_site(SiteHeat now, double density, double baseline, double observations, const SiteRule& rule) {
+  if (observations < rule.min_observations || !(baseline > 0)) return now;
+  double r = density / baseline;
+  if (now == SiteHeat::kHot && r >= rule.hot_stay) return SiteHeat::kHot;
+  if (now == SiteHeat::kCold && r <= rule.cold_stay) return SiteHeat::kCold;
+  if (r >= rule.hot_enter) return SiteHeat::kHot;
+  if (r <= rule.cold_enter) return SiteHeat::kCold;
+  return SiteHeat::kUnknown;
+}
+
 }  // namespace tieralloc::tiering

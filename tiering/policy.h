@@ -61,4 +61,28 @@ float threshold_for(std::span<const PageHeat> pages, uint64_t capacity_bytes, si
 Plan plan_moves(std::span<const PageHeat> pages, std::span<const TierBudget> tiers, const PolicyConfig& cfg,
                 uint32_t period, uint64_t byte_budget);
 
+// Allocation-site heat (alloc/sites.h). A sampled object is observed whenever the sampler watches a
+// run it lies in: the sampler reports whether the run was touched, how soon (`score`, 0 when
+// untouched) and which byte the first touch hit. The object is credited only when that byte is its
+// own, divided by the share of the run the object covers. Over many observations this estimates
+// the object's access density (first touches per byte) whatever its neighbours are: a cold object
+// beside hot ones earns nothing from their touches, and a small object is not outweighed by a large
+// one of equal density. Returns -1 when the object does not overlap the run.
+double site_credit(uintptr_t object, size_t object_bytes, uintptr_t run, size_t run_bytes, uintptr_t fault_addr,
+                   float score);
+
+// Same values as alloc::SiteClass.
+enum class SiteHeat : uint8_t { kUnknown = 0, kHot = 1, kCold = 2 };
+
+// A site is hot when its sampled bytes are `hot_enter` times denser in first touches than the
+// average sampled byte (`baseline`), cold at `cold_enter` times or less; once classed it keeps its
+// class until it crosses the wider `hot_stay` / `cold_stay` bounds (hysteresis), and with fewer
+// than `min_observations` (decayed) observations it keeps whatever class it has.
+struct SiteRule {
+  double min_observations = 24;
+  double hot_enter = 1.5, hot_stay = 1.2;
+  double cold_enter = 0.5, cold_stay = 0.67;
+};
+SiteHeat classify_site(SiteHeat now, double density, double baseline, double observations, const SiteRule& rule = {});
+
 }  // namespace tieralloc::tiering

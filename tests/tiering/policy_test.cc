@@ -163,5 +163,62 @@ TEST(Plan, ThreeTiersPromoteAndDemoteAcrossBothBoundaries) {
   for (size_t i = 36; i < 60; ++i) EXPECT_GE(v[i].tier, 1) << i;
 }
 
+// Allocation sites: the credit of one observation, and classification against the baseline.
+constexpr uintptr_t kRun = 0x40000000;
+constexpr size_t kRunBytes = 65536;
+
+TEST(SiteCredit, OnlyTheObjectTheFirstTouchHitEarns) {
+  // A 1 KiB object at offset 4 KiB of the run: a touch inside earns score / (its share of the run).
+  EXPECT_DOUBLE_EQ(site_credit(kRun + 4096, 1024, kRun, kRunBytes, kRun + 4096 + 10, 3.0f), 3.0 * 64);
+  // The run was touched, but at a neighbour: nothing, however hot the run.
+  EXPECT_EQ(site_credit(kRun + 4096, 1024, kRun, kRunBytes, kRun + 4096 + 1024, 3.0f), 0.0);
+  EXPECT_EQ(site_credit(kRun + 4096, 1024, kRun, kRunBytes, kRun + 4095, 3.0f), 0.0);
+  // Untouched run: an observation worth nothing.
+  EXPECT_EQ(site_credit(kRun + 4096, 1024, kRun, kRunBytes, 0, 0.0f), 0.0);
+  // Not in this run: no observation at all.
+  EXPECT_LT(site_credit(kRun + kRunBytes, 1024, kRun, kRunBytes, kRun + kRunBytes, 3.0f), 0.0);
+}
+
+TEST(SiteCredit, LargeObjectsAreCreditedPerRunTheyCover) {
+  // A 1 MiB object covers whole runs: a touch anywhere in one is its own, at the run's score.
+  EXPECT_DOUBLE_EQ(site_credit(kRun - 4 * kRunBytes, 1 << 20, kRun, kRunBytes, kRun + 5, 2.0f), 2.0);
+  // Half a run covered (the object ends mid-run): twice the score for a touch inside.
+  EXPECT_DOUBLE_EQ(site_credit(kRun - kRunBytes / 2, kRunBytes, kRun, kRunBytes, kRun + 1, 2.0f), 4.0);
+  EXPECT_EQ(site_credit(kRun - kRunBytes / 2, kRunBytes, kRun, kRunBytes, kRun + kRunBytes / 2, 2.0f), 0.0);
+}
+
+TEST(SiteClass, ThresholdsAgainstTheBaseline) {
+  SiteRule r;
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 1.5, 1.0, 100, r), SiteHeat::kHot);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 1.4, 1.0, 100, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.5, 1.0, 100, r), SiteHeat::kCold);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.6, 1.0, 100, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.0, 1.0, 100, r), SiteHeat::kCold);
+  // Relative: the same density is hot beside colder sites and cold beside hotter ones.
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 5, 100, r), SiteHeat::kHot);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 40, 100, r), SiteHeat::kCold);
+}
+
+TEST(SiteClass, HysteresisKeepsAClassUntilTheWiderBound) {
+  SiteRule r;
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 1.3, 1.0, 100, r), SiteHeat::kHot);       // above hot_stay
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 1.1, 1.0, 100, r), SiteHeat::kUnknown);   // below it
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 0.6, 1.0, 100, r), SiteHeat::kCold);     // below cold_stay
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 0.8, 1.0, 100, r), SiteHeat::kUnknown);  // above it
+  // A swing across the whole band flips the class directly.
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 0.2, 1.0, 100, r), SiteHeat::kCold);
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 3.0, 1.0, 100, r), SiteHeat::kHot);
+}
+
+TEST(SiteClass, ThinEvidenceChangesNothing) {
+  SiteRule r;
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 1.0, r.min_observations - 1, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 0, 1.0, r.min_observations - 1, r), SiteHeat::kHot);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 1.0, r.min_observations, r), SiteHeat::kHot);
+  // No baseline (nothing sampled was ever touched): nothing to compare with.
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0, 0, 1000, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 0, 0, 1000, r), SiteHeat::kCold);
+}
+
 }  // namespace
 }  // namespace tieralloc::tiering
