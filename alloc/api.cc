@@ -8,6 +8,7 @@
 
 #include "alloc/heap.h"
 #include "alloc/process_topology.h"
+#include "alloc/sites.h"
 #include "tieralloc/tieralloc.h"
 #include "tiering/engine.h"
 
@@ -49,6 +50,17 @@ void report_foreign(const char* fn, const void* ptr) {
   }
 }
 
+// A request without a placement, with allocation sites on (alloc/sites.h): placed by its site's
+// class like a plain malloc. Flags that name a tier, hot or cold override the site.
+__attribute__((noinline)) void* mallocx_by_site(size_t size, const Request& r, uintptr_t site) {
+  bool sampled;
+  int tier = site_decide(size, site, &sampled);
+  void* p = tier >= 0 ? site_alloc(size, tier, r.zero, r.alignment) : nullptr;
+  if (!p) p = heap_alloc(size, r);
+  if (sampled) site_record(site, p, size);
+  return p;
+}
+
 }  // namespace
 }  // namespace tieralloc::alloc
 
@@ -57,6 +69,8 @@ using namespace tieralloc::alloc;
 extern "C" void* tieralloc_mallocx(size_t size, int flags) {
   Request r;
   if (!decode(flags, &r)) return nullptr;
+  if (r.tier < 0 && __builtin_expect(site_mode() != 0, 0))
+    return mallocx_by_site(size, r, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
   return heap_alloc(size, r);
 }
 

@@ -24,6 +24,8 @@ struct EngineConfig {
   // Weight of the newest observation in a run's heat (an exponentially weighted mean over the
   // run's samples): a run found untouched loses this share of its heat each time it is sampled.
   double observation_weight = 0.5;
+  // Mean bytes between allocation-site samples (alloc/sites.h); 0 = no allocation-site heat.
+  uint64_t site_sample_bytes = 0;
 };
 
 // Starts the engine if the configuration and the topology call for it; false if it did not start.

@@ -1,0 +1,114 @@
+// Allocation sites: which call site (the return address of the malloc-family entry point) allocated
+// a sample of the heap's objects, and what the tiering engine learned of each site's heat. A
+// default allocation from a site known hot starts on the fast tier, from a site known cold on the
+// slowest, so hot and cold objects stop sharing pages; explicit requests (a tier, TIERALLOC_HOT or
+// _COLD) never consult it.
+//
+// Sampling is the heap profilers' (tcmalloc's Sampler, jemalloc's prof_sample): each thread counts
+// down the bytes it allocates from an exponentially distributed interval of mean
+// TIERALLOC_SITE_SAMPLE bytes, so an object's chance of being sampled grows with its size and the
+// phase of allocation patterns cannot alias with the interval. The fast path pays a decrement and a
+// predictable branch; the slow path records (site, address, size) in fixed tables without
+// allocating.
+//
+// Without a heat source nothing here runs: the malloc family tests one byte (site_mode(), 0 unless
+// the tiering engine runs with its sampler) and goes straight to jemalloc. With one, sampling runs
+// from the start and the class lookup (a small open-addressing hash of return address -> class, one
+// word per site, site and class read together) only once some site has a class.
+//
+// Everything is lock-free and fixed-size (no allocation, no lock to hold across fork). Sites are
+// never removed: a code address stays the same site for the life of the process.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace tieralloc::alloc {
+
+enum class SiteClass : uint8_t { kUnknown = 0, kHot = 1, kCold = 2 };
+
+// Bits of the mode: allocations are sampled / default allocations are steered by their site's class.
+constexpr uint32_t kSiteSample = 1, kSiteSteer = 2;
+// Hidden: the wrappers read it PC-relative, one load, no GOT.
+extern constinit std::atomic<uint32_t> g_site_mode __attribute__((visibility("hidden")));
+inline uint32_t site_mode() { return g_site_mode.load(std::memory_order_relaxed); }
+
+constexpr size_t kSiteSlots = 4096;   // sites tracked at most
+constexpr size_t kSiteSamples = 4096; // sampled objects remembered (a ring: the newest replace the oldest)
+
+// Per thread: bytes left before the next sample (0: not started). initial-exec and constinit: a
+// plain %fs-relative access, no __tls_get_addr (which may call malloc) and no init wrapper.
+extern constinit thread_local uint64_t t_site_bytes_left
+    __attribute__((tls_model("initial-exec"), visibility("hidden")));
+// The countdown ran out: draws the next interval; true when this allocation is a sample.
+bool site_countdown_expired();
+// The tier a site's class asks for: 0 (hot), the slowest (cold) or -1 (unknown).
+int site_tier(uintptr_t site);
+
+// True when an allocation of `size` bytes needs nothing more from sites: sampling only, and the
+// countdown (decremented here) has not run out. The wrappers' common case with sites on, so it
+// is inline and leaves them a tail call into jemalloc.
+inline bool site_pass(size_t size) {
+  if (site_mode() != kSiteSample) return false;
+  const uint64_t left = t_site_bytes_left;
+  if (__builtin_expect(size >= left, 0)) return false;
+  t_site_bytes_left = left - size;
+  return true;
+}
+
+// For a default allocation of `size` bytes from `site`: the tier it should start on (-1: the
+// default fill-fast-first placement) and, in *sampled, whether it is to be recorded with
+// site_record once allocated. Call only when site_mode() != 0. Inline: the countdown is a
+// decrement and a branch the predictor learns.
+inline int site_decide(size_t size, uintptr_t site, bool* sampled) {
+  const uint32_t mode = site_mode();
+  *sampled = false;
+  if (mode & kSiteSample) {
+    const uint64_t left = t_site_bytes_left;
+    if (__builtin_expect(size < left, 1)) t_site_bytes_left = left - size;
+    else *sampled = site_countdown_expired();
+  }
+  return (mode & kSiteSteer) ? site_tier(site) : -1;
+}
+// Records a sampled allocation (async-signal-unsafe only in that it is lock-free, not wait-free).
+void site_record(uintptr_t site, const void* p, size_t size);
+// A default allocation placed on `tier` for its site: through the tier's arena, falling back to
+// other tiers as such requests do (never failing because of a budget). nullptr when it failed;
+// errno is left as it was, for the caller's fallback to the default placement.
+void* site_alloc(size_t size, int tier, bool zero, size_t alignment = 0);
+
+// Frees a block while sites steer: back to the thread cache of the arena it came from (the default
+// one for default blocks), so steered blocks are reused only by allocations steered the same way.
+void site_free(void* p);
+
+// Starts sampling every mean_bytes on average (the tiering engine, when it has a heat source);
+// sites_stop ends sampling and steering (engine stopped, forked child).
+void sites_start(uint64_t mean_bytes);
+void sites_stop();
+uint64_t sites_sample_bytes();  // the mean interval while started, else 0
+
+// The engine's side. A sampled object, as remembered: address, size, and its site's slot.
+struct SiteSample {
+  uintptr_t addr;
+  uint32_t size;
+  uint32_t slot;
+};
+// Copies the remembered samples (at most max); returns how many were copied.
+size_t site_samples(SiteSample* out, size_t max);
+// The site (return address) in a slot, 0 for an empty slot; its class, and a new class for it.
+uintptr_t site_at(uint32_t slot);
+SiteClass site_class(uint32_t slot);
+void site_set_class(uint32_t slot, SiteClass c);
+// Turns the class lookup on once any site has a class (and off when none has).
+void sites_set_steering(bool on);
+
+struct SiteCounters {
+  uint64_t tracked;   // sites in the table
+  uint64_t sampled;   // allocations sampled
+  uint64_t steered;   // default allocations placed by their site's class (counted per thread in batches of 64)
+  uint64_t dropped;   // samples of sites the full table could not take
+};
+SiteCounters site_counters();
+
+}  // namespace tieralloc::alloc
