@@ -77,6 +77,7 @@ extern "C" void* tieralloc_mallocx(size_t size, int flags) {
 extern "C" void* tieralloc_reallocx(void* ptr, size_t size, int flags) {
   Request r;
   if (!decode(flags, &r)) return nullptr;
+  if (site_mode() && ptr) site_forget(ptr);  // as realloc does (alloc/preload.cc)
   void* q = heap_realloc(ptr, size, r);
   if (!q && errno == EINVAL) report_foreign("tieralloc_reallocx", ptr);
   return q;
@@ -85,6 +86,7 @@ extern "C" void* tieralloc_reallocx(void* ptr, size_t size, int flags) {
 extern "C" void tieralloc_free(void* ptr) {
   if (!ptr) return;
   heap_init();
+  if (site_mode()) site_forget(ptr);  // a freed sample is no longer its site's (alloc/sites.h)
   if (!heap_free(ptr)) {
     report_foreign("tieralloc_free", ptr);
     errno = EINVAL;

@@ -80,14 +80,12 @@ __attribute__((visibility("default"))) void* malloc(size_t size) {
   return tl_je_malloc(size);
 }
 
-// An object placed by its site's class belongs to its tier's arena and thread cache: freed into the
-// default thread cache it would be handed to the next default allocation of its size class, from
-// any site (a cold site's block to a hot one). While sites steer, frees go back through the heap,
-// which returns each block to the cache of the arena it came from; otherwise free is jemalloc's.
-#define TIERALLOC_SITES_STEER() __builtin_expect((tieralloc::alloc::site_mode() & tieralloc::alloc::kSiteSteer) != 0, 0)
-
+// While sites are on, free goes through alloc/sites: a freed sample is forgotten (its memory is no
+// longer its site's), and while sites steer a block goes back to the thread cache of the arena it
+// came from -- jemalloc's free would put a cold site's block in the default cache, for the next
+// default allocation of its size class from any site. Otherwise free is jemalloc's.
 __attribute__((visibility("default"))) void free(void* ptr) {
-  if (TIERALLOC_SITES_STEER()) return tieralloc::alloc::site_free(ptr);
+  if (TIERALLOC_SITES_ACTIVE() && !tieralloc::alloc::site_free_plain(ptr)) return tieralloc::alloc::site_free_steered(ptr);
   tl_je_free(ptr);
 }
 
@@ -126,6 +124,8 @@ __attribute__((visibility("default"))) size_t xallocx(void* ptr, size_t size, si
 // jemalloc 5.3.0 returns NULL from a failed realloc without setting errno (fixed upstream after
 // 5.3.0); glibc and POSIX say ENOMEM. The original block is untouched either way.
 __attribute__((visibility("default"))) void* realloc(void* ptr, size_t size) {
+  // A sample may move or be freed (size 0): forgotten either way, as realloc is not sampled.
+  if (TIERALLOC_SITES_ACTIVE() && ptr) tieralloc::alloc::site_forget(ptr);
   void* q = TIERALLOC_QUARANTINE_ACTIVE() ? tieralloc::poison::realloc_avoiding(ptr, size) : tl_je_realloc(ptr, size);
   if (__builtin_expect(!q && size, 0) && errno != EIO) errno = ENOMEM;
   return q;
@@ -250,7 +250,8 @@ void tl_je_ZdaPvm(void*, size_t) noexcept;
 // The unaligned operator delete, for the same reason as free (the aligned operator new is never
 // steered, so the aligned deletes stay jemalloc's).
 #define TIERALLOC_DELETE(call, ptr)                                  \
-  if (TIERALLOC_SITES_STEER()) return tieralloc::alloc::site_free(ptr); \
+  if (TIERALLOC_SITES_ACTIVE() && !tieralloc::alloc::site_free_plain(ptr)) \
+    return tieralloc::alloc::site_free_steered(ptr);                           \
   call
 
 void operator delete(void* p) noexcept { TIERALLOC_DELETE(tl_je_ZdlPv(p), p); }

@@ -35,7 +35,12 @@ extern constinit std::atomic<uint32_t> g_site_mode __attribute__((visibility("hi
 inline uint32_t site_mode() { return g_site_mode.load(std::memory_order_relaxed); }
 
 constexpr size_t kSiteSlots = 4096;   // sites tracked at most
-constexpr size_t kSiteSamples = 4096; // sampled objects remembered (a ring: the newest replace the oldest)
+// Sampled objects remembered: the newest 16 of each site. Per site, not one ring for all, because
+// sampling follows allocation while heat lives in what stays allocated: in one shared ring a site
+// that allocates and frees fast would push out the samples of long-lived objects, the very ones
+// placement is about. 1 MiB of zero-initialised tables; only the sites a program has touch theirs.
+constexpr size_t kSamplesPerSite = 16;
+constexpr size_t kSiteSamples = kSiteSlots * kSamplesPerSite;
 
 // Per thread: bytes left before the next sample (0: not started). initial-exec and constinit: a
 // plain %fs-relative access, no __tls_get_addr (which may call malloc) and no init wrapper.
@@ -80,7 +85,30 @@ void* site_alloc(size_t size, int tier, bool zero, size_t alignment = 0);
 
 // Frees a block while sites steer: back to the thread cache of the arena it came from (the default
 // one for default blocks), so steered blocks are reused only by allocations steered the same way.
-void site_free(void* p);
+void site_free_steered(void* p);
+
+// Remembered samples by address, so frees find them: one word per slot, the address (>> 3) and
+// where the sample is kept (site slot, index) packed together; 0 = empty. A sample whose slot is
+// taken by a newer one is dropped, so every remembered sample is findable here.
+constexpr size_t kSampleFilterSlots = 65536;
+extern constinit std::atomic<uint64_t> g_sample_filter[kSampleFilterSlots] __attribute__((visibility("hidden")));
+inline size_t sample_filter_slot(uintptr_t p) { return static_cast<size_t>((p * 0x9E3779B97F4A7C15ull) >> 48); }
+constexpr int kSampleWhereBits = 16;
+void site_forget_sample(uintptr_t p, uint64_t entry);
+// Called for every block being freed while sites are on: a load and a compare unless it is a sample.
+inline void site_forget(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const uint64_t w = g_sample_filter[sample_filter_slot(a)].load(std::memory_order_relaxed);
+  if (__builtin_expect(w != 0 && (w >> kSampleWhereBits) == (a >> 3), 0)) site_forget_sample(a, w);
+}
+
+// For a block being freed while sites are on: forgets it if it is a sample (a freed object's memory
+// must not be credited to its site: its dead objects would look untouched, and cold); true when
+// it then goes to jemalloc's own free, false when it must go through site_free_steered.
+inline bool site_free_plain(const void* p) {
+  site_forget(p);
+  return !(site_mode() & kSiteSteer);
+}
 
 // Starts sampling every mean_bytes on average (the tiering engine, when it has a heat source);
 // sites_stop ends sampling and steering (engine stopped, forked child).
@@ -108,6 +136,7 @@ struct SiteCounters {
   uint64_t sampled;   // allocations sampled
   uint64_t steered;   // default allocations placed by their site's class (counted per thread in batches of 64)
   uint64_t dropped;   // samples of sites the full table could not take
+  uint64_t remembered; // samples held now (live objects: freed ones are forgotten)
 };
 SiteCounters site_counters();
 

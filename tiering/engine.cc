@@ -165,7 +165,6 @@ void credit_sites(Engine& e, const RunResult& r, float score) {
     if (c < 0) continue;
     SiteRecord& rec = e.sites[s.slot];
     rec.credit += c, rec.observations += 1;
-    e.base_credit += c, e.base_observations += 1;
     e.site_observations.fetch_add(1, std::memory_order_relaxed);
   }
 }
@@ -204,6 +203,24 @@ void classify_sites(Engine& e) {
   std::sort(e.sample_runs.begin(), e.sample_runs.end());
 }
 
+// Adds up to `want` single-run spans over runs holding sampled objects (not overlapping the first
+// n spans, wholly in memory tieralloc maps); their runs go to `targeted`. Returns how many.
+size_t target_sample_runs(Engine& e, Sampler::Span* spans, size_t n, size_t want, uintptr_t* targeted) {
+  size_t added = 0;
+  for (size_t attempt = 0; attempt < 4 * want && added < want; ++attempt) {
+    uintptr_t run = e.sample_runs[e.rng() % e.sample_runs.size()].first;
+    bool overlaps = false;
+    for (size_t k = 0; k < n + added && !overlaps; ++k)
+      overlaps = run < spans[k].addr + spans[k].runs * kRunBytes && spans[k].addr < run + kRunBytes;
+    bool mapped = !overlaps;
+    for (size_t p = 0; p < kRunPages && mapped; ++p) mapped = page_map().get(run + p * 4096).managed();
+    if (!mapped) continue;
+    spans[n + added] = Sampler::Span{run, 1};
+    targeted[added++] = run;
+  }
+  return added;
+}
+
 // One sampling window: arm, wait, disarm, fold the touches into page heat. A touch soon after
 // arming means a hot page: the score grows with log2(window / time to first touch).
 void sample(Engine& e) {
@@ -211,7 +228,15 @@ void sample(Engine& e) {
   static Sampler::Span spans[Sampler::kMaxSpans];
   static RunResult results[Sampler::kMaxRuns];
   size_t want = std::clamp<size_t>(static_cast<size_t>(e.runs_per_period.load()), 1, Sampler::kMaxRuns);
-  size_t n = choose_spans(e, spans, Sampler::kMaxSpans, want);
+  // A quarter of the runs (and at most a quarter of the spans, one run each) go to runs holding
+  // sampled objects: random runs alone would visit a site's few samples too rarely to learn its
+  // heat in seconds.
+  size_t targets = e.sample_runs.empty() ? 0 : std::clamp<size_t>(want / 4, 1, Sampler::kMaxSpans / 4);
+  size_t n = choose_spans(e, spans, Sampler::kMaxSpans - targets, want > targets ? want - targets : 1);
+  static uintptr_t targeted[Sampler::kMaxSpans];
+  size_t ntargeted = target_sample_runs(e, spans, n, std::min(targets, Sampler::kMaxSpans - n), targeted);
+  n += ntargeted;
+  std::sort(targeted, targeted + ntargeted);
   size_t got = 0;
   {
     std::lock_guard<std::mutex> g(e.window_lock);
@@ -231,6 +256,9 @@ void sample(Engine& e) {
     }
     observe(e, e.heat[results[i].run], score);
     credit_sites(e, results[i], score);
+    // The baseline a site is compared with: the density of an average resident byte, from the
+    // runs chosen at random only.
+    if (!std::binary_search(targeted, targeted + ntargeted, results[i].run)) e.base_credit += score, e.base_observations += 1;
   }
   // A window in which almost nothing is touched learns nothing; one in which almost everything is
   // cannot tell hot from warm and costs a fault per page. Aim between.
@@ -459,10 +487,11 @@ std::string with_sites(const char* object, const Engine* e) {
   char buf[512];
   snprintf(buf, sizeof buf,
            ", \"sites\": {\"sample_bytes\": %llu, \"tracked\": %u, \"hot\": %u, \"cold\": %u, \"steering\": %s, "
-           "\"sampled_allocations\": %llu, \"steered_allocations\": %llu, \"dropped_samples\": %llu, \"observations\": %llu}}",
+           "\"sampled_allocations\": %llu, \"remembered_samples\": %llu, \"steered_allocations\": %llu, \"dropped_samples\": %llu, "
+           "\"observations\": %llu}}",
            u(alloc::sites_sample_bytes()), static_cast<unsigned>(c.tracked), e ? e->sites_hot.load() : 0u,
            e ? e->sites_cold.load() : 0u, (alloc::site_mode() & alloc::kSiteSteer) ? "true" : "false", u(c.sampled),
-           u(c.steered), u(c.dropped), e ? u(e->site_observations.load()) : 0ull);
+           u(c.remembered), u(c.steered), u(c.dropped), e ? u(e->site_observations.load()) : 0ull);
   std::string out(object);
   out.pop_back();  // the object's closing brace
   return out + buf;

@@ -66,18 +66,22 @@ class Workload {
 
   // Waits until the sites are told apart: a new object from the cold site lands on the slow tier
   // and one from the hot site comes from another arena than the default one. False on timeout.
-  bool learned(std::chrono::seconds timeout) {
+  ::testing::AssertionResult learned(std::chrono::seconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
+    int cold_tier = -1, hot_tier = -1;
+    unsigned hot_arena = 0;
     while (std::chrono::steady_clock::now() < deadline) {
       void* c = cold_site_alloc(0);
       void* h = hot_site_alloc();
-      bool ok = tieralloc_tier_of(c) == 1 && tieralloc_tier_of(h) == 0 && arena_of(h) != default_arena;
+      cold_tier = tieralloc_tier_of(c), hot_tier = tieralloc_tier_of(h), hot_arena = arena_of(h);
       tieralloc_free(c);
       tieralloc_free(h);
-      if (ok) return true;
+      if (cold_tier == 1 && hot_tier == 0 && hot_arena != default_arena) return ::testing::AssertionSuccess();
       std::this_thread::sleep_for(100ms);
     }
-    return false;
+    return ::testing::AssertionFailure() << "not learned: a cold-site object on tier " << cold_tier
+                                         << ", a hot-site object on tier " << hot_tier << " from arena " << hot_arena
+                                         << " (default " << default_arena << ")";
   }
 
  private:
@@ -137,6 +141,40 @@ TEST(Sites, TouchedSiteStartsFastUntouchedSiteStartsSlow) {
   EXPECT_GT(stats_figure(stats_json(), "steered_allocations"), 0u);
   for (void* p : h) free(p);  // plain free: steered objects are ordinary jemalloc objects
   for (void* p : c) free(p);
+}
+
+// Two more sites; noipa keeps the compiler from folding the first into hot_site_alloc (same body).
+__attribute__((noipa)) void* short_lived_site_alloc() {
+  void* p = malloc(kObject);
+  asm volatile("" : : "r"(p) : "memory");
+  return p;
+}
+__attribute__((noipa)) char* short_lived_new_site() {
+  char* p = new char[kObject];
+  asm volatile("" : : "r"(p) : "memory");
+  return p;
+}
+
+// A freed sample is forgotten: its memory is no longer its site's, and crediting it would make a
+// site look as cold as its dead objects. free, delete[], realloc and tieralloc_free all forget.
+TEST(Sites, FreedSamplesAreForgotten) {
+  Workload::get();
+  std::vector<void*> v;
+  std::vector<char*> a;
+  v.reserve(2048), a.reserve(2048);
+  const uint64_t before = stats_figure(stats_json(), "remembered_samples");
+  for (int i = 0; i < 2048; ++i) v.push_back(short_lived_site_alloc()), a.push_back(short_lived_new_site());
+  // 4 MiB at one sample per 16 KiB: about 256 samples, the newest 16 of each site kept.
+  const uint64_t held = stats_figure(stats_json(), "remembered_samples");
+  EXPECT_GE(held, before + 24) << stats_json();
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i % 3 == 0) free(v[i]);
+    else if (i % 3 == 1) tieralloc_free(v[i]);
+    else free(realloc(v[i], 4 * kObject));
+    delete[] a[i];
+  }
+  // Give or take a sample of the statistics' own strings.
+  EXPECT_LE(stats_figure(stats_json(), "remembered_samples"), before + 2) << stats_json();
 }
 
 // Explicit placement beats the site's class: flags at allocation, and tieralloc_hint afterwards.
