@@ -12,7 +12,7 @@ namespace tieralloc::alloc {
 
 constinit std::atomic<uint32_t> g_site_mode{0};
 constinit thread_local uint64_t t_site_bytes_left = 0;
-constinit std::atomic<uint64_t> g_sample_filter[kSampleFilterSlots] = {};
+constinit SampleSlot g_samples[kSiteSamples] = {};
 
 namespace {
 
@@ -23,21 +23,13 @@ namespace {
 constexpr uint64_t kAddrMask = (uint64_t{1} << 60) - 1;
 constexpr int kClassShift = 60;
 constexpr size_t kMaxProbes = 32;
-static_assert((kSiteSlots & (kSiteSlots - 1)) == 0 && (kSamplesPerSite & (kSamplesPerSite - 1)) == 0);
-static_assert(kSiteSlots * kSamplesPerSite <= (size_t{1} << kSampleWhereBits), "a sample's place fits the filter word");
-static_assert(kSampleFilterSlots == 65536, "sample_filter_slot takes 16 bits");
+static_assert((kSiteSlots & (kSiteSlots - 1)) == 0);
 
 constinit std::atomic<uint64_t> g_sites[kSiteSlots] = {};
 
-// The remembered samples. A writer clears addr, writes the rest, then publishes addr; a reader
-// takes an entry only when addr reads the same before and after, so it never pairs one object's
-// address with another's site.
-struct SampleSlot {
-  std::atomic<uintptr_t> addr{0};
-  std::atomic<uint64_t> meta{0};  // size (low 32 bits) | slot (high 32)
-};
-constinit SampleSlot g_samples[kSiteSlots][kSamplesPerSite] = {};
-constinit std::atomic<uint32_t> g_next_sample[kSiteSlots] = {};
+// g_samples (sites.h): a writer clears addr, writes the rest, then publishes addr; a reader takes
+// an entry only when addr reads the same before and after, so it never pairs one object's address
+// with another's site.
 
 constinit std::atomic<uint64_t> g_mean_bytes{0};
 constinit std::atomic<uint64_t> g_tracked{0}, g_sampled{0}, g_steered{0}, g_dropped{0};
@@ -115,50 +107,20 @@ int site_tier(uintptr_t site) {
   }
 }
 
-namespace {
-
-uint64_t filter_entry(uintptr_t p, size_t where) { return (static_cast<uint64_t>(p >> 3) << kSampleWhereBits) | where; }
-
-// Drops the sample kept at `where` if it is still the block at p.
-void drop_sample(uintptr_t p, size_t where) {
-  uintptr_t expected = p;
-  g_samples[where / kSamplesPerSite][where % kSamplesPerSite].addr.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
-}
-
-}  // namespace
-
-void site_forget_sample(uintptr_t p, uint64_t entry) {
-  uint64_t expected = entry;
-  if (g_sample_filter[sample_filter_slot(p)].compare_exchange_strong(expected, 0, std::memory_order_acq_rel))
-    drop_sample(p, entry & ((uint64_t{1} << kSampleWhereBits) - 1));
-}
-
 void site_record(uintptr_t site, const void* p, size_t size) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  if (!a || (a & 7) || (site & ~kAddrMask) || !site) return;
+  if (!a || (site & ~kAddrMask) || !site) return;
   g_sampled.fetch_add(1, std::memory_order_relaxed);
   int slot = find_or_insert(site);
   if (slot < 0) {
     g_dropped.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  const size_t index = g_next_sample[slot].fetch_add(1, std::memory_order_relaxed) & (kSamplesPerSite - 1);
-  const size_t where = static_cast<size_t>(slot) * kSamplesPerSite + index;
-  SampleSlot& s = g_samples[slot][index];
-  // The sample this one replaces leaves the filter; then this one enters it, dropping whichever
-  // other sample held its filter slot.
-  if (uintptr_t old = s.addr.exchange(0, std::memory_order_acq_rel)) {
-    uint64_t e = filter_entry(old, where);
-    g_sample_filter[sample_filter_slot(old)].compare_exchange_strong(e, 0, std::memory_order_acq_rel);
-  }
+  SampleSlot& s = g_samples[sample_slot(a)];
+  s.addr.store(0, std::memory_order_relaxed);
   uint64_t bytes = size < UINT32_MAX ? size : UINT32_MAX;
   s.meta.store(bytes | (static_cast<uint64_t>(slot) << 32), std::memory_order_release);
   s.addr.store(a, std::memory_order_release);
-  uint64_t evicted = g_sample_filter[sample_filter_slot(a)].exchange(filter_entry(a, where), std::memory_order_acq_rel);
-  if (evicted && evicted != filter_entry(a, where)) {
-    size_t other = evicted & ((uint64_t{1} << kSampleWhereBits) - 1);
-    drop_sample(static_cast<uintptr_t>(evicted >> kSampleWhereBits) << 3, other);
-  }
 }
 
 void* site_alloc(size_t size, int tier, bool zero, size_t alignment) {
@@ -193,16 +155,13 @@ uint64_t sites_sample_bytes() {
 
 size_t site_samples(SiteSample* out, size_t max) {
   size_t n = 0;
-  for (size_t site = 0; site < kSiteSlots; ++site) {
-    if (!g_sites[site].load(std::memory_order_relaxed)) continue;
-    for (size_t i = 0; i < kSamplesPerSite && n < max; ++i) {
-      SampleSlot& s = g_samples[site][i];
-      uintptr_t a = s.addr.load(std::memory_order_acquire);
-      if (!a) continue;
-      uint64_t meta = s.meta.load(std::memory_order_acquire);
-      if (s.addr.load(std::memory_order_acquire) != a) continue;  // rewritten meanwhile
-      out[n++] = SiteSample{a, static_cast<uint32_t>(meta), static_cast<uint32_t>(meta >> 32)};
-    }
+  for (size_t i = 0; i < kSiteSamples && n < max; ++i) {
+    SampleSlot& s = g_samples[i];
+    uintptr_t a = s.addr.load(std::memory_order_acquire);
+    if (!a) continue;
+    uint64_t meta = s.meta.load(std::memory_order_acquire);
+    if (s.addr.load(std::memory_order_acquire) != a) continue;  // rewritten meanwhile
+    out[n++] = SiteSample{a, static_cast<uint32_t>(meta), static_cast<uint32_t>(meta >> 32)};
   }
   return n;
 }
@@ -229,9 +188,7 @@ void sites_set_steering(bool on) {
 
 SiteCounters site_counters() {
   uint64_t remembered = 0;
-  for (size_t site = 0; site < kSiteSlots; ++site)
-    if (g_sites[site].load(std::memory_order_relaxed))
-      for (size_t i = 0; i < kSamplesPerSite; ++i) remembered += g_samples[site][i].addr.load(std::memory_order_relaxed) != 0;
+  for (const SampleSlot& s : g_samples) remembered += s.addr.load(std::memory_order_relaxed) != 0;
   return SiteCounters{g_tracked.load(std::memory_order_relaxed), g_sampled.load(std::memory_order_relaxed),
                       g_steered.load(std::memory_order_relaxed), g_dropped.load(std::memory_order_relaxed), remembered};
 }

@@ -35,13 +35,14 @@ extern constinit std::atomic<uint32_t> g_site_mode __attribute__((visibility("hi
 inline uint32_t site_mode() { return g_site_mode.load(std::memory_order_relaxed); }
 
 constexpr size_t kSiteSlots = 4096;   // sites tracked at most
-// Sampled objects remembered: the newest 16 of each site. Per site, not one ring for all, because
-// sampling follows allocation while heat lives in what stays allocated: in one shared ring a site
-// that allocates and frees fast would push out the samples of long-lived objects, the very ones
-// placement is about. 1 MiB of zero-initialised tables; only the sites a program has touch theirs.
-constexpr size_t kSamplesPerSite = 16;
-constexpr size_t kSiteSamples = kSiteSlots * kSamplesPerSite;
-
+// Sampled objects remembered: one table indexed by a hash of the object's address, a new sample
+// replacing whatever its slot held, and a freed object's sample dropped by free (site_forget).
+// So the table holds, slot by slot, the latest sample to land there if it is still alive: close to
+// a uniform sample of the live heap (an object's chance to be held grows with its lifetime, up to
+// the time between two samples landing in one slot), which is what placement is about. A ring of
+// the newest samples would instead hold the allocations of whatever site churns fastest, and keeping
+// the newest few per site holds the survivors of a churning site -- its coldest objects.
+constexpr size_t kSiteSamples = 16384;  // 256 KiB of zero-initialised table
 // Per thread: bytes left before the next sample (0: not started). initial-exec and constinit: a
 // plain %fs-relative access, no __tls_get_addr (which may call malloc) and no init wrapper.
 extern constinit thread_local uint64_t t_site_bytes_left
@@ -87,19 +88,20 @@ void* site_alloc(size_t size, int tier, bool zero, size_t alignment = 0);
 // one for default blocks), so steered blocks are reused only by allocations steered the same way.
 void site_free_steered(void* p);
 
-// Remembered samples by address, so frees find them: one word per slot, the address (>> 3) and
-// where the sample is kept (site slot, index) packed together; 0 = empty. A sample whose slot is
-// taken by a newer one is dropped, so every remembered sample is findable here.
-constexpr size_t kSampleFilterSlots = 65536;
-extern constinit std::atomic<uint64_t> g_sample_filter[kSampleFilterSlots] __attribute__((visibility("hidden")));
-inline size_t sample_filter_slot(uintptr_t p) { return static_cast<size_t>((p * 0x9E3779B97F4A7C15ull) >> 48); }
-constexpr int kSampleWhereBits = 16;
-void site_forget_sample(uintptr_t p, uint64_t entry);
-// Called for every block being freed while sites are on: a load and a compare unless it is a sample.
+struct SampleSlot {
+  std::atomic<uintptr_t> addr{0};  // 0: empty
+  std::atomic<uint64_t> meta{0};   // size (low 32 bits) | site slot (high 32)
+};
+extern constinit SampleSlot g_samples[kSiteSamples] __attribute__((visibility("hidden")));
+inline size_t sample_slot(uintptr_t p) { return static_cast<size_t>((p * 0x9E3779B97F4A7C15ull) >> 50); }
+static_assert(kSiteSamples == 16384, "sample_slot takes 14 bits");
+// Called for every block being freed (or moved by realloc) while sites are on: drops its sample if
+// it is one; a load and a compare otherwise.
 inline void site_forget(const void* p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  const uint64_t w = g_sample_filter[sample_filter_slot(a)].load(std::memory_order_relaxed);
-  if (__builtin_expect(w != 0 && (w >> kSampleWhereBits) == (a >> 3), 0)) site_forget_sample(a, w);
+  SampleSlot& s = g_samples[sample_slot(a)];
+  uintptr_t held = s.addr.load(std::memory_order_relaxed);
+  if (__builtin_expect(held == a && a != 0, 0)) s.addr.compare_exchange_strong(held, 0, std::memory_order_relaxed);
 }
 
 // For a block being freed while sites are on: forgets it if it is a sample (a freed object's memory

@@ -48,8 +48,10 @@ struct RunRecord {
 // observations, both decayed each policy round so a site's class follows its current behaviour.
 struct SiteRecord {
   double credit = 0, observations = 0;
+  double hits = 0;           // observations in which the first touch hit the object
+  double expected_hits = 0;  // hits an object of average density would have had
 };
-constexpr double kSiteDecay = 0.95;             // per policy round: about 4 s of memory at 50 ms periods
+constexpr double kSiteDecay = 0.98;  // per policy round: about 10 s of memory at 50 ms periods
 constexpr size_t kMaxRunsPerSample = 16;        // a large object is observed through its first 1 MiB
 
 struct Pin {
@@ -87,8 +89,9 @@ struct Engine {
   // the sampler's results, and what each site earned.
   std::vector<alloc::SiteSample> samples;
   std::vector<std::pair<uintptr_t, uint32_t>> sample_runs;  // (run, index in samples)
+  std::vector<uintptr_t> target_runs;  // runs of samples whose sites still lack evidence
   std::vector<SiteRecord> sites;
-  double base_credit = 0, base_observations = 0;
+  double base_credit = 0, base_observations = 0, base_touched = 0;
   SiteRule site_rule;
   std::atomic<uint32_t> sites_hot{0}, sites_cold{0};
   std::atomic<uint64_t> site_observations{0};
@@ -164,7 +167,11 @@ void credit_sites(Engine& e, const RunResult& r, float score) {
     double c = site_credit(s.addr, s.size, r.run, kRunBytes, r.fault_addr, score);
     if (c < 0) continue;
     SiteRecord& rec = e.sites[s.slot];
-    rec.credit += c, rec.observations += 1;
+    rec.credit += c, rec.observations += 1, rec.hits += c > 0;
+    // An object of average density is first-touched as often as a random run is touched, times
+    // the share of the run it covers.
+    if (e.base_observations > 0)
+      rec.expected_hits += e.base_touched / e.base_observations * site_share(s.addr, s.size, r.run, kRunBytes);
     e.site_observations.fetch_add(1, std::memory_order_relaxed);
   }
 }
@@ -179,14 +186,14 @@ void classify_sites(Engine& e) {
     if (!alloc::site_at(slot)) continue;
     SiteRecord& rec = e.sites[slot];
     auto now = static_cast<SiteHeat>(alloc::site_class(slot));
-    SiteHeat next = classify_site(now, rec.observations > 0 ? rec.credit / rec.observations : 0, baseline,
-                                  rec.observations, e.site_rule);
+    SiteHeat next = classify_site(now, rec.observations > 0 ? rec.credit / rec.observations : 0, baseline, rec.hits,
+                                  rec.expected_hits, e.site_rule);
     if (next != now) alloc::site_set_class(slot, static_cast<alloc::SiteClass>(next));
     hot += next == SiteHeat::kHot;
     cold += next == SiteHeat::kCold;
-    rec.credit *= kSiteDecay, rec.observations *= kSiteDecay;
+    rec.credit *= kSiteDecay, rec.observations *= kSiteDecay, rec.hits *= kSiteDecay, rec.expected_hits *= kSiteDecay;
   }
-  e.base_credit *= kSiteDecay, e.base_observations *= kSiteDecay;
+  e.base_credit *= kSiteDecay, e.base_observations *= kSiteDecay, e.base_touched *= kSiteDecay;
   e.sites_hot.store(hot, std::memory_order_relaxed);
   e.sites_cold.store(cold, std::memory_order_relaxed);
   alloc::sites_set_steering(hot + cold > 0);
@@ -194,21 +201,29 @@ void classify_sites(Engine& e) {
   e.samples.resize(alloc::kSiteSamples);
   e.samples.resize(alloc::site_samples(e.samples.data(), e.samples.size()));
   e.sample_runs.clear();
+  e.target_runs.clear();
   for (uint32_t i = 0; i < e.samples.size(); ++i) {
     const alloc::SiteSample& s = e.samples[i];
+    // Sampling is spent on a site's runs only while it lacks evidence: a site observed often enough
+    // by the random runs costs the run heat nothing.
+    const SiteRecord& rec = e.sites[s.slot];
+    const bool target = rec.hits < 2 * e.site_rule.min_hits && rec.expected_hits < 2 * e.site_rule.min_expected_hits;
     uintptr_t end = s.addr + std::max<uint32_t>(s.size, 1);
     uintptr_t run = s.addr & ~(kRunBytes - 1);
-    for (size_t k = 0; k < kMaxRunsPerSample && run < end; ++k, run += kRunBytes) e.sample_runs.emplace_back(run, i);
+    for (size_t k = 0; k < kMaxRunsPerSample && run < end; ++k, run += kRunBytes) {
+      e.sample_runs.emplace_back(run, i);
+      if (target) e.target_runs.push_back(run);
+    }
   }
   std::sort(e.sample_runs.begin(), e.sample_runs.end());
 }
 
-// Adds up to `want` single-run spans over runs holding sampled objects (not overlapping the first
+// Adds up to `want` single-run spans over target_runs (not overlapping the first
 // n spans, wholly in memory tieralloc maps); their runs go to `targeted`. Returns how many.
 size_t target_sample_runs(Engine& e, Sampler::Span* spans, size_t n, size_t want, uintptr_t* targeted) {
   size_t added = 0;
   for (size_t attempt = 0; attempt < 4 * want && added < want; ++attempt) {
-    uintptr_t run = e.sample_runs[e.rng() % e.sample_runs.size()].first;
+    uintptr_t run = e.target_runs[e.rng() % e.target_runs.size()];
     bool overlaps = false;
     for (size_t k = 0; k < n + added && !overlaps; ++k)
       overlaps = run < spans[k].addr + spans[k].runs * kRunBytes && spans[k].addr < run + kRunBytes;
@@ -228,10 +243,10 @@ void sample(Engine& e) {
   static Sampler::Span spans[Sampler::kMaxSpans];
   static RunResult results[Sampler::kMaxRuns];
   size_t want = std::clamp<size_t>(static_cast<size_t>(e.runs_per_period.load()), 1, Sampler::kMaxRuns);
-  // A quarter of the runs (and at most a quarter of the spans, one run each) go to runs holding
-  // sampled objects: random runs alone would visit a site's few samples too rarely to learn its
-  // heat in seconds.
-  size_t targets = e.sample_runs.empty() ? 0 : std::clamp<size_t>(want / 4, 1, Sampler::kMaxSpans / 4);
+  // Up to a quarter of the runs (and of the spans, one run each) go to runs holding samples of
+  // sites that still lack evidence: random runs alone would visit a site's few samples too rarely
+  // to learn its heat in seconds.
+  size_t targets = e.target_runs.empty() ? 0 : std::clamp<size_t>(want / 4, 1, Sampler::kMaxSpans / 4);
   size_t n = choose_spans(e, spans, Sampler::kMaxSpans - targets, want > targets ? want - targets : 1);
   static uintptr_t targeted[Sampler::kMaxSpans];
   size_t ntargeted = target_sample_runs(e, spans, n, std::min(targets, Sampler::kMaxSpans - n), targeted);
@@ -258,7 +273,8 @@ void sample(Engine& e) {
     credit_sites(e, results[i], score);
     // The baseline a site is compared with: the density of an average resident byte, from the
     // runs chosen at random only.
-    if (!std::binary_search(targeted, targeted + ntargeted, results[i].run)) e.base_credit += score, e.base_observations += 1;
+    if (!std::binary_search(targeted, targeted + ntargeted, results[i].run))
+      e.base_credit += score, e.base_observations += 1, e.base_touched += us != 0;
   }
   // A window in which almost nothing is touched learns nothing; one in which almost everything is
   // cannot tell hot from warm and costs a fault per page. Aim between.
@@ -530,6 +546,5 @@ std::string engine_stats_json() {
            e->kernel_promotes ? "true" : "false");
   return with_sites(buf, e);
 }
-
 
 }  // namespace tieralloc::tiering

@@ -74,15 +74,23 @@ double site_credit(uintptr_t object, size_t object_bytes, uintptr_t run, size_t 
 // Same values as alloc::SiteClass.
 enum class SiteHeat : uint8_t { kUnknown = 0, kHot = 1, kCold = 2 };
 
+// The share of a run an object covers (0 when it does not overlap it): a first touch landing at
+// random in a run of average density hits the object with this probability.
+double site_share(uintptr_t object, size_t object_bytes, uintptr_t run, size_t run_bytes);
+
 // A site is hot when its sampled bytes are `hot_enter` times denser in first touches than the
-// average sampled byte (`baseline`), cold at `cold_enter` times or less; once classed it keeps its
-// class until it crosses the wider `hot_stay` / `cold_stay` bounds (hysteresis), and with fewer
-// than `min_observations` (decayed) observations it keeps whatever class it has.
+// average resident byte (`baseline`), cold at `cold_enter` times or less; once classed it keeps its
+// class until it crosses the wider `hot_stay` / `cold_stay` bounds (hysteresis). A class is taken
+// only on enough evidence: hot on at least `min_hits` first touches of the site's objects, cold
+// only when a site of average density would have earned `min_expected_hits` or more meanwhile
+// (`expected_hits`) -- a small object is first-touched rarely even when warm, and no hit in a few
+// dozen observations says nothing. On thin evidence a site keeps whatever class it has.
 struct SiteRule {
-  double min_observations = 24;
+  double min_hits = 3, min_expected_hits = 6;
   double hot_enter = 1.5, hot_stay = 1.2;
   double cold_enter = 0.5, cold_stay = 0.67;
 };
-SiteHeat classify_site(SiteHeat now, double density, double baseline, double observations, const SiteRule& rule = {});
+SiteHeat classify_site(SiteHeat now, double density, double baseline, double hits, double expected_hits,
+                       const SiteRule& rule = {});
 
 }  // namespace tieralloc::tiering

@@ -187,37 +187,54 @@ TEST(SiteCredit, LargeObjectsAreCreditedPerRunTheyCover) {
   EXPECT_EQ(site_credit(kRun - kRunBytes / 2, kRunBytes, kRun, kRunBytes, kRun + kRunBytes / 2, 2.0f), 0.0);
 }
 
+TEST(SiteCredit, ShareOfTheRun) {
+  EXPECT_DOUBLE_EQ(site_share(kRun + 4096, 1024, kRun, kRunBytes), 1.0 / 64);
+  EXPECT_DOUBLE_EQ(site_share(kRun - 4 * kRunBytes, 1 << 20, kRun, kRunBytes), 1.0);
+  EXPECT_DOUBLE_EQ(site_share(kRun - kRunBytes / 2, kRunBytes, kRun, kRunBytes), 0.5);
+  EXPECT_EQ(site_share(kRun + kRunBytes, 1024, kRun, kRunBytes), 0.0);
+}
+
+// Plenty of evidence either way: 100 hits, 100 expected.
+constexpr double kHits = 100, kExpected = 100;
+
 TEST(SiteClass, ThresholdsAgainstTheBaseline) {
   SiteRule r;
-  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 1.5, 1.0, 100, r), SiteHeat::kHot);
-  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 1.4, 1.0, 100, r), SiteHeat::kUnknown);
-  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.5, 1.0, 100, r), SiteHeat::kCold);
-  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.6, 1.0, 100, r), SiteHeat::kUnknown);
-  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.0, 1.0, 100, r), SiteHeat::kCold);
-  // Relative: the same density is hot beside colder sites and cold beside hotter ones.
-  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 5, 100, r), SiteHeat::kHot);
-  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 40, 100, r), SiteHeat::kCold);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 1.5, 1.0, kHits, kExpected, r), SiteHeat::kHot);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 1.4, 1.0, kHits, kExpected, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.5, 1.0, kHits, kExpected, r), SiteHeat::kCold);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.6, 1.0, kHits, kExpected, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.0, 1.0, 0, kExpected, r), SiteHeat::kCold);
+  // Relative: the same density is hot beside colder memory and cold beside hotter.
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 5, kHits, kExpected, r), SiteHeat::kHot);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 40, kHits, kExpected, r), SiteHeat::kCold);
 }
 
 TEST(SiteClass, HysteresisKeepsAClassUntilTheWiderBound) {
   SiteRule r;
-  EXPECT_EQ(classify_site(SiteHeat::kHot, 1.3, 1.0, 100, r), SiteHeat::kHot);       // above hot_stay
-  EXPECT_EQ(classify_site(SiteHeat::kHot, 1.1, 1.0, 100, r), SiteHeat::kUnknown);   // below it
-  EXPECT_EQ(classify_site(SiteHeat::kCold, 0.6, 1.0, 100, r), SiteHeat::kCold);     // below cold_stay
-  EXPECT_EQ(classify_site(SiteHeat::kCold, 0.8, 1.0, 100, r), SiteHeat::kUnknown);  // above it
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 1.3, 1.0, kHits, kExpected, r), SiteHeat::kHot);       // above hot_stay
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 1.1, 1.0, kHits, kExpected, r), SiteHeat::kUnknown);   // below it
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 0.6, 1.0, kHits, kExpected, r), SiteHeat::kCold);     // below cold_stay
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 0.8, 1.0, kHits, kExpected, r), SiteHeat::kUnknown);  // above it
   // A swing across the whole band flips the class directly.
-  EXPECT_EQ(classify_site(SiteHeat::kHot, 0.2, 1.0, 100, r), SiteHeat::kCold);
-  EXPECT_EQ(classify_site(SiteHeat::kCold, 3.0, 1.0, 100, r), SiteHeat::kHot);
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 0.2, 1.0, kHits, kExpected, r), SiteHeat::kCold);
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 3.0, 1.0, kHits, kExpected, r), SiteHeat::kHot);
 }
 
 TEST(SiteClass, ThinEvidenceChangesNothing) {
   SiteRule r;
-  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 1.0, r.min_observations - 1, r), SiteHeat::kUnknown);
-  EXPECT_EQ(classify_site(SiteHeat::kHot, 0, 1.0, r.min_observations - 1, r), SiteHeat::kHot);
-  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 1.0, r.min_observations, r), SiteHeat::kHot);
-  // No baseline (nothing sampled was ever touched): nothing to compare with.
-  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0, 0, 1000, r), SiteHeat::kUnknown);
-  EXPECT_EQ(classify_site(SiteHeat::kCold, 0, 0, 1000, r), SiteHeat::kCold);
+  // Hot takes a few real hits: one lucky first touch of a small object is not a hot site.
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 1.0, r.min_hits - 1, kExpected, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 1.0, r.min_hits, kExpected, r), SiteHeat::kHot);
+  // Cold takes enough watching that an average site would have been hit several times: no hit in
+  // a few observations of small objects says nothing (a hot site with unlucky samples looks so).
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0, 1.0, 0, r.min_expected_hits - 0.5, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0, 1.0, 0, r.min_expected_hits, r), SiteHeat::kCold);
+  // Without evidence either way a class stays, whatever the noisy ratio says.
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 0, 1.0, 0, 1, r), SiteHeat::kHot);
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 50, 1.0, 1, 1, r), SiteHeat::kCold);
+  // No baseline (nothing sampled at random was ever touched): nothing to compare with.
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0, 0, kHits, kExpected, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 0, 0, kHits, kExpected, r), SiteHeat::kCold);
 }
 
 }  // namespace
