@@ -321,7 +321,8 @@ constinit int g_stats_fd = -1;
 
 void write_stats_at_exit() {
   if (std::strcmp(g_stats_dest, "stderr") == 0) {
-    write_all(g_stats_fd >= 0 ? g_stats_fd : STDERR_FILENO, stats_table() + "tieralloc: " + heap_stats_json() + "\n");
+    write_all(g_stats_fd >= 0 ? g_stats_fd : STDERR_FILENO,
+              stats_table() + tiering::engine_status_text() + "tieralloc: " + heap_stats_json() + "\n");
     return;
   }
   int fd = ::open(g_stats_dest, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <new>
 #include <random>
@@ -19,6 +20,7 @@
 #include "alloc/pagemap.h"
 #include "alloc/process_topology.h"
 #include "alloc/sites.h"
+#include "os/fs.h"
 #include "os/memory.h"
 #include "tiering/policy.h"
 #include "tiering/sampler.h"
@@ -545,6 +547,57 @@ std::string engine_stats_json() {
            topo.kernel.demotion_enabled ? (*topo.kernel.demotion_enabled ? "true" : "false") : "null",
            e->kernel_promotes ? "true" : "false");
   return with_sites(buf, e);
+}
+
+std::string engine_status_text() {
+  const numa::Topology& topo = alloc::process_topology();
+  const Engine* e = g_engine;
+  std::string o;
+  char line[512];
+  if (!e) {
+    // g_off_reason reads "off: why".
+    const char* why = std::strncmp(g_off_reason, "off: ", 5) == 0 ? g_off_reason + 5 : g_off_reason;
+    snprintf(line, sizeof line, "tieralloc: engine: off (%s); heat source: none\n", why);
+    o += line;
+  } else {
+    const char* state = e->running ? "running" : e->forked_child ? "stopped (forked child)" : "stopped";
+    if (e->cfg.sampler_cpu_percent > 0)
+      snprintf(line, sizeof line,
+               "tieralloc: engine: %s; heat source: hinting-fault sampler (%.2f%% of one core budgeted, %.3f%% used); "
+               "migration: %s\n",
+               state, e->cfg.sampler_cpu_percent, e->sampler_cpu_percent.load(),
+               alloc::heap_emulated() ? "page map only (emulated tiers)" : "move_pages");
+    else
+      snprintf(line, sizeof line, "tieralloc: engine: %s; heat source: none\n", state);
+    o += line;
+  }
+  const int nb = topo.kernel.numa_balancing;
+  const char* nb_words = nb < 0 ? "unreadable" : nb == 0 ? "off" : nb == 1 ? "NUMA locality balancing"
+                        : nb == 2 ? "memory tiering: the kernel promotes hot pages" : "locality balancing and memory tiering";
+  const char* demotion = topo.kernel.demotion_enabled ? (*topo.kernel.demotion_enabled ? "on" : "off") : "unknown";
+  snprintf(line, sizeof line, "tieralloc: kernel tiering: numa_balancing=%d (%s), demotion_enabled=%s%s\n", nb, nb_words,
+           demotion, e && e->kernel_promotes ? "; promotion left to the kernel" : "");
+  o += line;
+  if (e) {
+    double wall_s = static_cast<double>(now_ns() - e->started_ns.load()) / 1e9;
+    double cpu_s = static_cast<double>(e->sampler_cpu_ns.load() + e->policy_cpu_ns.load()) / 1e9;
+    snprintf(line, sizeof line,
+             "tieralloc: migrated: %s promoted, %s demoted, %llu pages failed to move (retried later); engine CPU %.3f%% of one core\n",
+             os::format_bytes(e->promoted_bytes.load()).c_str(), os::format_bytes(e->demoted_bytes.load()).c_str(),
+             static_cast<unsigned long long>(e->failed_pages.load()), wall_s > 0 ? 100.0 * cpu_s / wall_s : 0.0);
+    o += line;
+  }
+  alloc::SiteCounters c = alloc::site_counters();
+  if (e && e->cfg.site_sample_bytes)
+    snprintf(line, sizeof line,
+             "tieralloc: allocation sites: %u tracked, %u hot, %u cold; %llu allocations steered, %llu sampled (one per %s)\n",
+             static_cast<unsigned>(c.tracked), e->sites_hot.load(), e->sites_cold.load(), static_cast<unsigned long long>(c.steered),
+             static_cast<unsigned long long>(c.sampled), os::format_bytes(e->cfg.site_sample_bytes).c_str());
+  else
+    snprintf(line, sizeof line, "tieralloc: allocation sites: off (%s)\n",
+             e ? "TIERALLOC_SITE_SAMPLE=0" : "no heat source");
+  o += line;
+  return o;
 }
 
 }  // namespace tieralloc::tiering

@@ -39,5 +39,9 @@ int engine_hint(void* addr, size_t len, int hint);
 
 // The "tiering" member of tieralloc_stats_json.
 std::string engine_stats_json();
+// The engine's state in words, one "tieralloc: " line per topic, for TIERALLOC_STATS=stderr (and so
+// `tieralloc run --stats`): the heat source or why there is none, the kernel's own tiering, what
+// moved and what failed to, the engine's CPU, allocation sites.
+std::string engine_status_text();
 
 }  // namespace tieralloc::tiering
