@@ -11,7 +11,7 @@
 // predictable branch; the slow path records (site, address, size) in fixed tables without
 // allocating.
 //
-// Without a heat source nothing here runs: the malloc family tests one byte (site_mode(), 0 unless
+// Without a heat source nothing here runs: the malloc family tests one word (site_mode(), 0 unless
 // the tiering engine runs with its sampler) and goes straight to jemalloc. With one, sampling runs
 // from the start and the class lookup (a small open-addressing hash of return address -> class, one
 // word per site, site and class read together) only once some site has a class.
@@ -77,7 +77,7 @@ inline int site_decide(size_t size, uintptr_t site, bool* sampled) {
   }
   return (mode & kSiteSteer) ? site_tier(site) : -1;
 }
-// Records a sampled allocation (async-signal-unsafe only in that it is lock-free, not wait-free).
+// Records a sampled allocation: its site (inserted if new) and the object. Lock-free, no allocation.
 void site_record(uintptr_t site, const void* p, size_t size);
 // A default allocation placed on `tier` for its site: through the tier's arena, falling back to
 // other tiers as such requests do (never failing because of a budget). nullptr when it failed;

@@ -33,12 +33,27 @@ using tieralloc::testing::stats_json;
 constexpr size_t kObject = 1024;
 constexpr size_t kObjects = 8192;  // per site: 8 MiB each, interleaved
 
+// Whether this process's malloc is tieralloc's: not in sanitizer builds, where the sanitizer's
+// own malloc replaces it (tieralloc's API is still tieralloc's there).
+bool malloc_is_tieralloc() {
+  static const bool ours = [] {
+    void* p = malloc(16);
+    bool r = tieralloc_usable_size(p) != 0;
+    free(p);
+    return r;
+  }();
+  return ours;
+}
+
 // The two sites. noinline: each is one call instruction, so one return address, whoever calls it.
+// The hot one is malloc where malloc is tieralloc's, so the malloc family's own path is what learns
+// and steers; tieralloc_mallocx elsewhere.
 __attribute__((noinline)) void* hot_site_alloc() {
-  void* p = malloc(kObject);
+  void* p = malloc_is_tieralloc() ? malloc(kObject) : tieralloc_mallocx(kObject, 0);
   asm volatile("" : : "r"(p) : "memory");
   return p;
 }
+void release(void* p) { malloc_is_tieralloc() ? free(p) : tieralloc_free(p); }
 // A tieralloc_mallocx call site: default flags are placed by the site's class, explicit ones not.
 __attribute__((noinline)) void* cold_site_alloc(int flags) {
   void* p = tieralloc_mallocx(kObject, flags);
@@ -139,8 +154,8 @@ TEST(Sites, TouchedSiteStartsFastUntouchedSiteStartsSlow) {
   EXPECT_EQ(hot_own_arena, h.size()) << "hot-site objects share the default arena's pages";
   EXPECT_EQ(cold_slow, c.size());
   EXPECT_GT(stats_figure(stats_json(), "steered_allocations"), 0u);
-  for (void* p : h) free(p);  // plain free: steered objects are ordinary jemalloc objects
-  for (void* p : c) free(p);
+  for (void* p : h) release(p);  // plain free where it is ours: steered blocks are jemalloc's
+  for (void* p : c) release(p);
 }
 
 // Two more sites; noipa keeps the compiler from folding the first into hot_site_alloc (same body).
@@ -158,6 +173,7 @@ __attribute__((noipa)) char* short_lived_new_site() {
 // A freed sample is forgotten: its memory is no longer its site's, and crediting it would make a
 // site look as cold as its dead objects. free, delete[], realloc and tieralloc_free all forget.
 TEST(Sites, FreedSamplesAreForgotten) {
+  if (!malloc_is_tieralloc()) GTEST_SKIP() << "the sanitizer's malloc, not tieralloc's, serves malloc/new here";
   Workload::get();
   std::vector<void*> v;
   std::vector<char*> a;
@@ -219,7 +235,7 @@ TEST(Sites, ForkWhileAllocating) {
         void* a = hot_site_alloc();
         void* b = cold_site_alloc(0);
         void* c = malloc(100 + (reinterpret_cast<uintptr_t>(a) >> 4) % 4000);
-        free(a), tieralloc_free(b), free(c);
+        release(a), tieralloc_free(b), free(c);
       }
     });
   int failures = 0;
@@ -251,12 +267,13 @@ TEST(Sites, ForkWhileAllocating) {
 TEST(SitesOff, NothingSampledWithoutAHeatSource) {
   std::vector<void*> v;
   for (int i = 0; i < 16384; ++i) v.push_back(hot_site_alloc());
+  for (int i = 0; i < 1024; ++i) tieralloc_free(cold_site_alloc(0));
   std::string s = stats_json();
   EXPECT_NE(s.find("\"source\": \"none\""), std::string::npos) << s;
   EXPECT_EQ(stats_figure(s, "sample_bytes"), 0u) << s;
   EXPECT_EQ(stats_figure(s, "sampled_allocations"), 0u) << s;
   EXPECT_EQ(stats_figure(s, "steered_allocations"), 0u) << s;
-  for (void* p : v) free(p);
+  for (void* p : v) release(p);
 }
 
 }  // namespace
