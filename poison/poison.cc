@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
 #include "alloc/heap.h"
@@ -96,7 +95,7 @@ constinit std::atomic<uint64_t> g_relocated{0}, g_released_frames{0};
 constinit std::atomic<uintptr_t> g_relocating{0};  // the page being moved now (under g_lock)
 constexpr size_t kMaxParked = 4096;
 constinit uintptr_t g_park_area = 0;
-constinit size_t g_parked = 0;  // under g_lock
+constinit std::atomic<size_t> g_parked{0};  // changed under g_lock
 constinit std::atomic<bool> g_filters_installed{false};
 
 constinit std::atomic<pid_t> g_worker_pid{0};  // process that runs the worker thread (set under g_lock)
@@ -367,9 +366,28 @@ bool quarantined_access_filter(int, siginfo_t* info, void* ucontext) {
   return false;
 }
 
-// Journal state for the statistics, written by start-up, tieralloc_poison_scan and the worker.
+// The journal's two locks are plain pthread mutexes, reset in a forked child: the parent's worker
+// may hold one at the fork, and the child's exit flush or statistics would otherwise wait forever.
+constinit pthread_mutex_t g_status_mu = PTHREAD_MUTEX_INITIALIZER;  // JournalStatus
+constinit pthread_mutex_t g_flush_mu = PTHREAD_MUTEX_INITIALIZER;   // one journal write at a time
+void reset_locks_in_child() {
+  g_status_mu = PTHREAD_MUTEX_INITIALIZER;
+  g_flush_mu = PTHREAD_MUTEX_INITIALIZER;
+}
+class Guard {
+ public:
+  explicit Guard(pthread_mutex_t& mu) : mu_(mu) { pthread_mutex_lock(&mu_); }
+  ~Guard() { pthread_mutex_unlock(&mu_); }
+  Guard(const Guard&) = delete;
+  Guard& operator=(const Guard&) = delete;
+
+ private:
+  pthread_mutex_t& mu_;
+};
+
+// Journal state for the statistics, written by start-up, tieralloc_poison_scan and the worker,
+// under g_status_mu.
 struct JournalStatus {
-  std::mutex mu;
   JournalState state = JournalState::kMissing;
   std::string problem;
   size_t entries = 0;
@@ -386,7 +404,7 @@ JournalStatus& journal_status() {
 // Records the state of a journal just read; a corrupt or newer file is reported once on stderr.
 void note_journal_state(const JournalFile& f, bool wrote) {
   JournalStatus& st = journal_status();
-  std::lock_guard<std::mutex> g(st.mu);
+  Guard g(g_status_mu);
   st.state = f.state;
   st.problem = f.problem;
   if (f.state == JournalState::kOk || f.state == JournalState::kMissing) st.entries = f.entries.size();
@@ -403,17 +421,13 @@ void note_journal_state(const JournalFile& f, bool wrote) {
   }
 }
 
-// Writes the queued records to the journal. On the worker thread, or at exit; the mutex keeps
+// Writes the queued records to the journal. On the worker thread, or at exit; g_flush_mu keeps
 // the two from interleaving, and keeps exit from cutting a write in half.
-std::mutex& flush_mutex() {
-  static std::mutex* mu = new std::mutex;
-  return *mu;
-}
-constinit JournalRecord g_batch[kRecords];  // under flush_mutex()
+constinit JournalRecord g_batch[kRecords];  // under g_flush_mu
 
 void flush_journal() {
   if (!g_journal_on.load(std::memory_order_relaxed)) return;
-  std::lock_guard<std::mutex> guard(flush_mutex());
+  Guard guard(g_flush_mu);
   size_t n;
   uint32_t upto;
   {
@@ -443,7 +457,7 @@ void flush_journal() {
     note_journal_state(found, rc == 0);
     if (rc < 0) {
       JournalStatus& st = journal_status();
-      std::lock_guard<std::mutex> g(st.mu);
+      Guard g(g_status_mu);
       ++st.write_errors;
       st.last_error = rc == -EEXIST ? "a newer tieralloc's journal is in the way" : std::strerror(-rc);
       if (!st.warned_write) {
@@ -453,7 +467,7 @@ void flush_journal() {
       }
     } else {
       JournalStatus& st = journal_status();
-      std::lock_guard<std::mutex> g(st.mu);
+      Guard g(g_status_mu);
       st.state = JournalState::kOk;
       st.entries = entries_after;
     }
@@ -464,9 +478,14 @@ void flush_journal() {
 
 // The worker thread: writes the journal and delivers events to the application's handler.
 void* poison_worker(void*) {
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  // Asynchronous signals are the program's threads' business. Faults stay deliverable: this
+  // thread touches heap pages (the journal's strings, the application's handler), and a fault
+  // there -- a page the sampler armed, a quarantined page -- must reach tieralloc's filters; a
+  // blocked synchronous fault kills the process instead.
+  sigset_t async;
+  sigfillset(&async);
+  for (int sync : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP}) sigdelset(&async, sync);
+  pthread_sigmask(SIG_BLOCK, &async, nullptr);
   g_worker_tid.store(static_cast<pid_t>(syscall(SYS_gettid)), std::memory_order_release);
   for (;;) {
     uint32_t seen = g_event_seq.load(std::memory_order_acquire);
@@ -679,7 +698,9 @@ int relocate(uintptr_t page) {
         g_park_area = reinterpret_cast<uintptr_t>(area);
       }
     }
-    void* slot = g_park_area && g_parked < kMaxParked ? reinterpret_cast<void*>(g_park_area + g_parked * kPage) : nullptr;
+    void* slot = g_park_area && g_parked.load(std::memory_order_relaxed) < kMaxParked
+                     ? reinterpret_cast<void*>(g_park_area + g_parked.load(std::memory_order_relaxed) * kPage)
+                     : nullptr;
     if (slot && os::move_mapping(p, slot, kPage)) {
       ++g_parked;
       os::protect(slot, kPage, os::Access::kNone);
@@ -751,14 +772,18 @@ std::vector<BadRange> load_known_bad() {
   BadblocksScan b = read_badblocks(os::FsRoot(alloc::process_topology().fsroot));
   {
     JournalStatus& st = journal_status();
-    std::lock_guard<std::mutex> g(st.mu);
+    Guard g(g_status_mu);
     st.badblocks_ranges = b.ranges.size();
   }
   for (auto& r : b.ranges) all.push_back(std::move(r));
   return merge_ranges(std::move(all));
 }
 
-void flush_journal_at_exit() { flush_journal(); }
+// Only a process whose worker runs: a forked child that never started one leaves the records it
+// inherited to its parent.
+void flush_journal_at_exit() {
+  if (g_worker_pid.load(std::memory_order_relaxed) == getpid()) flush_journal();
+}
 
 std::string json_string(const std::string& v) {
   std::string out = "\"";
@@ -785,6 +810,7 @@ void start(const std::string& journal_path) {
   // Before other threads exist: a page moved now cannot be written meanwhile.
   apply_known_bad(load_known_bad());
   if (g_journal_on.load(std::memory_order_relaxed)) {
+    pthread_atfork(nullptr, nullptr, reset_locks_in_child);
     ensure_worker();
     atexit(flush_journal_at_exit);
   }
@@ -861,7 +887,7 @@ ZeroingScope::~ZeroingScope() {
 
 std::string journal_stats_json() {
   JournalStatus& st = journal_status();
-  std::lock_guard<std::mutex> g(st.mu);
+  Guard g(g_status_mu);
   const uint64_t seen = g_frames_seen.load(std::memory_order_relaxed), hidden = g_frames_hidden.load(std::memory_order_relaxed);
   // Frame numbers: visible, hidden (pagemap gives 0 without CAP_SYS_ADMIN: known-bad ranges are
   // kept but cannot be matched to pages, and reports cannot be journaled), or not looked at yet.
@@ -872,7 +898,7 @@ std::string journal_stats_json() {
            "\"relocated_pages\": %llu, \"parked_frames\": %zu, \"released_frames\": %llu, \"unjournaled_reports\": %llu, "
            "\"records_lost\": %llu, \"write_errors\": %llu",
            g_journal_on.load(std::memory_order_relaxed) ? state_name(st.state) : "off", st.entries, st.badblocks_ranges, frames,
-           static_cast<unsigned long long>(g_relocated.load(std::memory_order_relaxed)), g_parked,
+           static_cast<unsigned long long>(g_relocated.load(std::memory_order_relaxed)), g_parked.load(std::memory_order_relaxed),
            static_cast<unsigned long long>(g_released_frames.load(std::memory_order_relaxed)),
            static_cast<unsigned long long>(g_unjournaled.load(std::memory_order_relaxed)),
            static_cast<unsigned long long>(g_records_lost.load(std::memory_order_relaxed)),
