@@ -30,8 +30,8 @@ const std::vector<OptionDoc>& option_docs() {
        "cachelines, and faults on quarantined pages reach tieralloc first (the application's own "
        "SIGBUS/SIGSEGV handlers still get every other fault); off: no handlers, the API still works"},
       {"TIERALLOC_QUARANTINE_FILE", "PATH|off",
-       "the quarantine journal: physical memory known bad on this machine, read at start-up (pages on it are "
-       "quarantined before use) and updated as poison is reported (default $XDG_STATE_HOME/tieralloc/quarantine, "
+       "the quarantine journal: physical memory known bad on this machine, read at start-up (resident pages "
+       "tieralloc manages are moved off the frames it names) and updated as poison is reported (default $XDG_STATE_HOME/tieralloc/quarantine, "
        "or ~/.local/state/tieralloc/quarantine; an absolute path; off: no journal)"},
   };
   return docs;
