@@ -184,6 +184,29 @@ class Server:
         self.log.close()
 
 
+def with_server(what, command, env, work, use, attempts=3):
+    """Starts command(port) on a free port of 127.0.0.1, waits until it listens, runs
+    use(port, server), and always stops the server. A server that lost a race for its port is
+    started again on another; a failure carries the tail of the server's log."""
+    for attempt in range(attempts):
+        port = free_port()
+        logfile = os.path.join(work, f"{what}-{attempt}.log")
+        server = Server(command(port), env, logfile, what)
+        try:
+            try:
+                wait_port(port, server.proc, 30, what, logfile)
+            except TestFailure:
+                if "Address already in use" in server.log_text() and attempt < attempts - 1:
+                    continue
+                raise
+            use(port, server)
+            return
+        except TestFailure as e:
+            fail(f"{e}\n{what} log:\n{tail(server.log_text())}")
+        finally:
+            server.stop()
+
+
 def main(body):
     """Runs body(lib, workdir) with a scratch folder; exit status 0 only when it passes."""
     name = os.path.basename(sys.argv[0])
