@@ -92,6 +92,10 @@ TEST(Placement, JemallocRunsWithTierallocsConfiguration) {
   size_t tcache_max = 0, sz = sizeof tcache_max;
   ASSERT_EQ(mallctl("opt.tcache_max", &tcache_max, &sz, nullptr, 0), 0);
   EXPECT_EQ(tcache_max, size_t{1} << 20);
+  uint64_t gc_incr = 0;
+  sz = sizeof gc_incr;
+  ASSERT_EQ(mallctl("opt.tcache_gc_incr_bytes", &gc_incr, &sz, nullptr, 0), 0);
+  EXPECT_EQ(gc_incr, uint64_t{4} << 20);
 }
 
 TEST(Placement, HintsPickFastestAndSlowest) {
