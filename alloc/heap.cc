@@ -23,8 +23,10 @@
 // to 1 MiB instead of jemalloc's 32 KiB: a malloc/free of 64 KiB-1 MiB otherwise takes the arena
 // path every time (measured ~240 ns of CPU against ~40 ns cached and glibc's ~27 ns). At most 8
 // blocks per large size class per thread, and jemalloc's incremental tcache GC returns idle ones.
+// That GC runs every 4 MiB a thread allocates instead of every 64 KiB: at 64 KiB-1 MiB it otherwise
+// runs on nearly every call (34 ns per malloc/free pair against 25 ns, alloc_bench on one CPU).
 extern "C" __attribute__((visibility("default"))) const char* malloc_conf;
-const char* malloc_conf = "tcache_max:1048576,tcache_nslots_large:8";
+const char* malloc_conf = "tcache_max:1048576,tcache_nslots_large:8,tcache_gc_incr_bytes:4194304";
 
 namespace tieralloc::alloc {
 namespace {
@@ -34,6 +36,9 @@ using numa::Topology;
 // Policy slots: 0 = automatic arenas (fill fast first); 1 + 2*tier + strict = explicit arenas.
 constexpr int kAutoSlot = 0;
 constexpr int kMaxSlots = 1 + 2 * kMaxTiers;
+// Page-map owner of jemalloc's own metadata (base blocks), which no policy places.
+constexpr int kMetadataSlot = kMaxSlots;
+static_assert(kMetadataSlot <= PageEntry::kMaxOwner);
 constexpr unsigned kNoArena = ~0u;
 
 struct TierState {
@@ -68,6 +73,7 @@ struct Heap {
   std::mutex arena_lock;  // creation of explicit arenas
   pthread_key_t tcache_key = 0;
   std::atomic<uint64_t> bind_failures{0};
+  std::atomic<uint64_t> metadata_bytes{0};
   std::atomic<uint64_t> move_calls{0}, moved_bytes{0}, move_failed_pages{0};
   // Node id -> distance row, for picking the nearest node of a tier to the running CPU.
   int cpu_node[1024] = {};
@@ -232,54 +238,149 @@ class RangeRegistry {
 };
 constinit RangeRegistry g_ranges;
 
-// Subtracts the managed pages of [addr, addr+size) from their tiers' usage and clears them.
-void release_range(uintptr_t addr, size_t size) {
-  PageMap& map = page_map();
-  uint64_t per_tier[kMaxTiers] = {};
-  map.for_each_run(addr, size, [&](PageEntry e, size_t bytes) {
-    if (e.tier < kMaxTiers) per_tier[e.tier] += bytes;
-  });
-  map.clear(addr, size);
-  for (int t = 0; t < kMaxTiers; ++t)
-    if (per_tier[t]) g_heap.tiers[t].used.fetch_sub(per_tier[t], std::memory_order_relaxed);
+// Usage never wraps below zero: a page the engine re-tiers while jemalloc decommits it may be
+// subtracted twice, and a wrapped counter would read as a full tier forever.
+void sub_used(TierState& ts, uint64_t bytes) {
+  uint64_t used = ts.used.load(std::memory_order_relaxed);
+  while (!ts.used.compare_exchange_weak(used, used > bytes ? used - bytes : 0, std::memory_order_relaxed)) {
+  }
 }
 
-// Places and maps an extent for policy p: the one path every tieralloc-owned mapping takes.
-void* map_extent(const Policy& p, void* new_addr, size_t size, size_t alignment) {
-  int node = 0;
-  int t = place(p, size, &node);
+void note_peak(TierState& ts) {
+  uint64_t used = ts.used.load(std::memory_order_relaxed), peak = ts.peak.load(std::memory_order_relaxed);
+  while (used > peak && !ts.peak.compare_exchange_weak(peak, used, std::memory_order_relaxed)) {
+  }
+}
+
+// Subtracts the committed pages of [addr, addr+size) from their tiers' usage.
+void uncharge(uintptr_t addr, size_t size) {
+  uint64_t per_tier[kMaxTiers] = {};
+  page_map().for_each_run(addr, size, [&](PageEntry e, size_t bytes) {
+    if (e.committed && e.tier < kMaxTiers) per_tier[e.tier] += bytes;
+  });
+  for (int t = 0; t < kMaxTiers; ++t)
+    if (per_tier[t]) sub_used(g_heap.tiers[t], per_tier[t]);
+}
+
+// Binds [addr, addr+size) to node for policy p. Emulated tiers share real nodes: binding to the
+// tier's nodes is still right. A bind failure (a node named by a TIERALLOC_FSROOT tree that this
+// machine lacks) leaves the memory usable under the default policy; it is counted, not fatal.
+void bind_for(const Policy& p, void* addr, size_t size, int node) {
+  if (node < 0) return;
+  int rc = os::bind(addr, size, &node, 1, p.strict ? os::BindMode::kBind : os::BindMode::kPreferred);
+  if (rc != 0) g_heap.bind_failures.fetch_add(1, std::memory_order_relaxed);
+}
+
+PageEntry entry_for(const Policy& p, int tier, int node, bool committed) {
+  return PageEntry{static_cast<uint8_t>(tier), static_cast<uint8_t>(p.slot), static_cast<uint16_t>(node), committed};
+}
+
+// Maps an extent for policy p: the one path every tieralloc-owned mapping takes. A tier's usage
+// counts committed memory, not address space. jemalloc grows its address space in geometric steps
+// and retains what it mapped, so charging mappings would make budgets coarse and let a strict
+// request fail far below its tier's limit. Mappings jemalloc asks for uncommitted (the reserve it
+// grows) are only bound to the policy's first tier; commit_range charges and places each piece
+// as jemalloc takes it into use.
+void* map_extent(const Policy& p, void* new_addr, size_t size, size_t alignment, bool commit) {
+  int node = -1, t;
+  if (commit) {
+    t = place(p, size, &node);
+  } else {
+    int n = g_heap.ntiers.load(std::memory_order_acquire);
+    t = p.tier < 0 ? 0 : p.tier;
+    if (n > 0) node = nearest_node(g_heap.tiers[t]);
+    // A strict tier with no room left would only grow address space nothing can commit.
+    const TierState& ts = g_heap.tiers[t];
+    if (p.strict && ts.limit != kNoLimit && ts.used.load(std::memory_order_relaxed) >= ts.limit) t = -1;
+  }
   if (t < 0) return nullptr;
   TierState& ts = g_heap.tiers[t];
   void* addr = os::map_anonymous(size, alignment, new_addr);
   if (!addr) {
-    ts.used.fetch_sub(size, std::memory_order_relaxed);
+    if (commit) sub_used(ts, size);
     return nullptr;
   }
-  // Emulated tiers share real nodes: binding to the tier's nodes is still right. A bind failure
-  // (a node named by a TIERALLOC_FSROOT tree that this machine lacks) leaves the memory usable
-  // under the default policy; it is counted, not fatal.
-  if (node >= 0) {
-    int rc = p.strict ? os::bind(addr, size, &node, 1, os::BindMode::kBind)
-                      : os::bind(addr, size, &node, 1, os::BindMode::kPreferred);
-    if (rc != 0) g_heap.bind_failures.fetch_add(1, std::memory_order_relaxed);
-  }
-  if (!page_map().set(reinterpret_cast<uintptr_t>(addr), size,
-                      PageEntry{static_cast<uint8_t>(t), static_cast<uint8_t>(p.slot), static_cast<uint16_t>(node)})) {
+  bind_for(p, addr, size, node);
+  if (!page_map().set(reinterpret_cast<uintptr_t>(addr), size, entry_for(p, t, node, commit))) {
     os::unmap(addr, size);
-    ts.used.fetch_sub(size, std::memory_order_relaxed);
+    if (commit) sub_used(ts, size);
     return nullptr;
+  }
+  if (commit) ts.extents.fetch_add(1, std::memory_order_relaxed);
+  g_ranges.add(reinterpret_cast<uintptr_t>(addr), size);
+  note_peak(ts);
+  return addr;
+}
+
+// jemalloc takes [addr, addr+size) of its reserve into use: it goes where policy p places new
+// memory now (the fill-fast-first order for plain allocations), charged to that tier. False
+// (jemalloc then grows elsewhere or fails the request) when p allows no tier with room.
+//
+// The range was bound for the policy's first tier when mapped, or for another tier when last
+// committed, and pages the engine moved keep their old binding: on real tiers it is bound again
+// every time. Pages of it may be resident although jemalloc never used them -- a transparent huge
+// page faulted in by a neighbouring extent of the same mapping covers them -- and rebinding does
+// not move resident pages, while moving them (MPOL_MF_MOVE) would move the whole huge page with
+// the neighbour's live data (Linux 6.1 migrates a huge page whole). They hold only zeros, so they
+// are discarded first, which splits the huge page at the range's edges.
+bool commit_range(const Policy& p, uintptr_t addr, size_t size) {
+  uncharge(addr, size);  // normally nothing: jemalloc commits decommitted extents only
+  int node = -1;
+  int t = place(p, size, &node);
+  if (t < 0) return false;
+  bool rebind = !g_heap.emulated;
+  if (!rebind)  // emulated tiers share nodes: only a thread nearer another node changes the binding
+    page_map().for_each_run(addr, size, [&](PageEntry e, size_t) { rebind = rebind || e.node != static_cast<uint16_t>(node); });
+  if (rebind && node >= 0) {
+    os::discard(reinterpret_cast<void*>(addr), size);
+    bind_for(p, reinterpret_cast<void*>(addr), size, node);
+  }
+  TierState& ts = g_heap.tiers[t];
+  if (!page_map().set(addr, size, entry_for(p, t, node, true))) {
+    sub_used(ts, size);
+    return false;
   }
   ts.extents.fetch_add(1, std::memory_order_relaxed);
-  g_ranges.add(reinterpret_cast<uintptr_t>(addr), size);
-  uint64_t used = ts.used.load(std::memory_order_relaxed), peak = ts.peak.load(std::memory_order_relaxed);
-  while (used > peak && !ts.peak.compare_exchange_weak(peak, used, std::memory_order_relaxed)) {
+  note_peak(ts);
+  return true;
+}
+
+// jemalloc retains [addr, addr+size) without using it: the memory goes back to the kernel (the
+// binding stays, so a later commit on the same tier needs no system call) and leaves its tier's
+// usage. False if the kernel refused the discard; jemalloc then keeps the pages committed.
+bool decommit_range(uintptr_t addr, size_t size) {
+  if (!os::discard(reinterpret_cast<void*>(addr), size)) return false;
+  uncharge(addr, size);
+  page_map().set_committed(addr, size, false);
+  return true;
+}
+
+// jemalloc's metadata (base blocks: its radix tree's leaves, arena and tcache structures) lives
+// on the fastest tier, where every free's lookup reads it. It is not charged to budgets: jemalloc
+// maps it in blocks of 2 MiB and more that stay mostly untouched (each radix leaf covers 1 GiB of
+// address space), so charging it would cost a small fast-tier budget several MiB the program
+// never uses. Reported as metadata_bytes; never sampled or migrated.
+void* map_metadata(void* new_addr, size_t size, size_t alignment) {
+  int node = g_heap.ntiers.load(std::memory_order_acquire) > 0 ? nearest_node(g_heap.tiers[0]) : -1;
+  void* addr = os::map_anonymous(size, alignment, new_addr);
+  if (!addr) return nullptr;
+  if (node >= 0 && os::bind(addr, size, &node, 1, os::BindMode::kPreferred) != 0)
+    g_heap.bind_failures.fetch_add(1, std::memory_order_relaxed);
+  PageEntry e{0, static_cast<uint8_t>(kMetadataSlot), static_cast<uint16_t>(node), false};
+  if (!page_map().set(reinterpret_cast<uintptr_t>(addr), size, e)) {
+    os::unmap(addr, size);
+    return nullptr;
   }
+  g_heap.metadata_bytes.fetch_add(size, std::memory_order_relaxed);
   return addr;
 }
 
 void unmap_extent(void* addr, size_t size) {
-  g_ranges.remove(reinterpret_cast<uintptr_t>(addr), size);
-  release_range(reinterpret_cast<uintptr_t>(addr), size);
+  uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  if (page_map().get(a).owner == kMetadataSlot) g_heap.metadata_bytes.fetch_sub(size, std::memory_order_relaxed);
+  g_ranges.remove(a, size);
+  uncharge(a, size);
+  page_map().clear(a, size);
   os::unmap(addr, size);
 }
 
@@ -289,18 +390,28 @@ bool tiers_differ(const void* a, const void* b) {
   return ea.tier != eb.tier || ea.owner != eb.owner || ea.node != eb.node;
 }
 
+const Policy& policy_of(extent_hooks_t* hooks) { return *reinterpret_cast<Policy*>(hooks); }
+
 void* hook_alloc(extent_hooks_t* hooks, void* new_addr, size_t size, size_t alignment, bool* zero, bool* commit,
                  unsigned /*arena_ind*/) {
-  void* addr = map_extent(*reinterpret_cast<Policy*>(hooks), new_addr, size, alignment);
-  if (addr) *zero = *commit = true;
+  void* addr = map_extent(policy_of(hooks), new_addr, size, alignment, *commit);
+  if (addr) *zero = true;
   return addr;
+}
+
+bool hook_commit(extent_hooks_t* hooks, void* addr, size_t, size_t offset, size_t length, unsigned) {
+  return !commit_range(policy_of(hooks), reinterpret_cast<uintptr_t>(addr) + offset, length);
+}
+
+bool hook_decommit(extent_hooks_t*, void* addr, size_t, size_t offset, size_t length, unsigned) {
+  return !decommit_range(reinterpret_cast<uintptr_t>(addr) + offset, length);
 }
 
 // Declined, as jemalloc's own default layer declines it while retaining: with opt.retain jemalloc
 // marks the first extent of every mapping as a "head" and relies on that to never coalesce across
 // mappings. Unmapping a piece leaves a hole the kernel may hand to another arena's next mapping,
 // and jemalloc's coalescing then corrupts its extent heaps (seen as a crash in eset_remove under
-// the multi-arena stress test). Retained memory is purged, not resident, and stays on its tier.
+// the multi-arena stress test). jemalloc then decommits the extent (decommit_range).
 bool hook_dalloc(extent_hooks_t*, void*, size_t, bool, unsigned) { return true; }
 
 // Destroy (arena destruction) must give the memory back, unlike dalloc: nothing retains it after.
@@ -317,8 +428,8 @@ bool hook_split(extent_hooks_t*, void*, size_t, size_t, size_t, bool, unsigned) 
 bool hook_merge(extent_hooks_t*, void* a, size_t, void* b, size_t, bool, unsigned) { return tiers_differ(a, b); }
 
 void init_policy(Policy& p, int slot, int tier, bool strict) {
-  p.hooks = extent_hooks_t{hook_alloc, hook_dalloc, hook_destroy, nullptr, nullptr,
-                           nullptr,    hook_purge_forced, hook_split, hook_merge};
+  p.hooks = extent_hooks_t{hook_alloc, hook_dalloc,       hook_destroy, hook_commit, hook_decommit,
+                           nullptr,    hook_purge_forced, hook_split,   hook_merge};
   p.slot = slot;
   p.tier = tier;
   p.strict = strict;
@@ -335,16 +446,6 @@ void destroy_thread_tcaches(void*) {
     }
 }
 
-// jemalloc grows an arena's address space in geometric steps and keeps what it mapped; a tier's
-// usage counts what is mapped, so unbounded steps make budgets coarse (a 64 MiB request could map
-// 128 MiB). Steps capped here: a request maps its own size class, never a larger step.
-void limit_retained_growth(unsigned arena) {
-  char name[64];
-  snprintf(name, sizeof name, "arena.%u.retain_grow_limit", arena);
-  size_t limit = size_t{4} << 20;
-  mallctl(name, nullptr, nullptr, &limit, sizeof limit);
-}
-
 // Arena of an explicit slot, created on first use.
 unsigned arena_for(int slot) {
   Policy& p = g_heap.policies[slot];
@@ -353,10 +454,14 @@ unsigned arena_for(int slot) {
   std::lock_guard<std::mutex> g(g_heap.arena_lock);
   a = p.arena.load(std::memory_order_relaxed);
   if (a != kNoArena) return a;
-  extent_hooks_t* hooks = &p.hooks;
+  // Created with jemalloc's default hooks, which it also uses for the arena's own metadata for
+  // good (see map_metadata); the tier's hooks then take over every extent.
   size_t sz = sizeof a;
-  if (mallctl("arenas.create", &a, &sz, &hooks, sizeof hooks) != 0) return kNoArena;
-  limit_retained_growth(a);
+  if (mallctl("arenas.create", &a, &sz, nullptr, 0) != 0) return kNoArena;
+  char name[64];
+  snprintf(name, sizeof name, "arena.%u.extent_hooks", a);
+  extent_hooks_t* hooks = &p.hooks;
+  if (mallctl(name, nullptr, nullptr, &hooks, sizeof hooks) != 0) return kNoArena;
   p.arena.store(a, std::memory_order_release);
   return a;
 }
@@ -468,6 +573,12 @@ void* heap_alloc(size_t size, const Request& req) {
   }
   // mallocx(0) is undefined in jemalloc; malloc(0) semantics (a unique pointer) are wanted.
   void* p = mallocx(size ? size : 1, flags);
+  if (!p && req.strict) {
+    // The tier's budget may be held by memory the process freed but jemalloc keeps cached (dirty
+    // extents of any arena, returned only when its decay runs). Give that back and try once more.
+    mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0);
+    p = mallocx(size ? size : 1, flags);
+  }
   if (!p) errno = ENOMEM;
   return p;
 }
@@ -506,7 +617,7 @@ void* heap_realloc(void* ptr, size_t size, const Request& req) {
 
 bool heap_free(void* ptr) {
   PageEntry e = page_map().get(reinterpret_cast<uintptr_t>(ptr));
-  if (e.tier == PageEntry::kUnmanaged) return false;
+  if (e.tier == PageEntry::kUnmanaged || e.owner == kMetadataSlot) return false;
   // Back to the cache of the arena it came from, so explicit-tier memory is not recycled into
   // plain allocations by the thread's default cache.
   if (e.owner != kAutoSlot && e.owner < kMaxSlots && t_tcache[e.owner]) dallocx(ptr, MALLOCX_TCACHE(t_tcache[e.owner] - 1));
@@ -553,9 +664,10 @@ namespace {
 // between the tiers' usage: the bookkeeping of every move, by range or by page.
 void retier(uintptr_t addr, size_t bytes, PageEntry was, int tier, int node) {
   page_map().retier(addr, bytes, static_cast<uint8_t>(tier), static_cast<uint16_t>(node));
-  if (was.tier < kMaxTiers && was.tier != tier) {
-    g_heap.tiers[was.tier].used.fetch_sub(bytes, std::memory_order_relaxed);
+  if (was.committed && was.tier < kMaxTiers && was.tier != tier) {
+    sub_used(g_heap.tiers[was.tier], bytes);
     g_heap.tiers[tier].used.fetch_add(bytes, std::memory_order_relaxed);
+    note_peak(g_heap.tiers[tier]);
   }
 }
 }  // namespace
@@ -638,23 +750,29 @@ size_t heap_migrate_pages(const uintptr_t* pages, size_t n, int tier, int* statu
   size_t moved = 0, failed = 0;
   constexpr size_t kBatch = 256;
   void* batch[kBatch];
-  int nodes[kBatch];
+  int nodes[kBatch], batch_status[kBatch];
+  size_t index[kBatch];
+  PageEntry entry[kBatch];
   for (size_t base = 0; base < n; base += kBatch) {
-    size_t m = std::min(kBatch, n - base);
-    if (!g_heap.emulated) {
-      for (size_t i = 0; i < m; ++i) batch[i] = reinterpret_cast<void*>(pages[base + i]), nodes[i] = node;
-      long rc = os::move_pages(m, batch, nodes, status + base);
-      if (rc < 0)
-        for (size_t i = 0; i < m; ++i) status[base + i] = static_cast<int>(rc);
-    }
+    size_t m = std::min(kBatch, n - base), k = 0;
     for (size_t i = 0; i < m; ++i) {
-      int& st = status[base + i];
       PageEntry e = map.get(pages[base + i]);
-      if (!e.managed()) {
-        st = -EFAULT;
-        continue;
-      }
-      if (!g_heap.emulated && st != node) {
+      // Only committed pages of the arenas hold memory to move: not address space jemalloc
+      // retains, nor its metadata.
+      if (!e.managed() || e.owner == kMetadataSlot) status[base + i] = -EFAULT;
+      else if (!e.committed) status[base + i] = -ENOENT;
+      else batch[k] = reinterpret_cast<void*>(pages[base + i]), nodes[k] = node, index[k] = base + i, entry[k++] = e;
+    }
+    if (!k) continue;
+    if (!g_heap.emulated) {
+      long rc = os::move_pages(k, batch, nodes, batch_status);
+      if (rc < 0)
+        for (size_t j = 0; j < k; ++j) batch_status[j] = static_cast<int>(rc);
+    }
+    for (size_t j = 0; j < k; ++j) {
+      int& st = status[index[j]];
+      st = g_heap.emulated ? node : batch_status[j];
+      if (st != node) {
         if (os::absent_status(st)) {
           st = -ENOENT;  // one answer for "nothing to move", whatever the kernel's
           continue;
@@ -664,7 +782,7 @@ size_t heap_migrate_pages(const uintptr_t* pages, size_t n, int tier, int* statu
         continue;
       }
       st = 0;
-      retier(pages[base + i], os::kPageSize, e, tier, node);
+      retier(pages[index[j]], os::kPageSize, entry[j], tier, node);
       ++moved;
     }
   }
@@ -717,11 +835,11 @@ std::string heap_stats_json() {
     fallbacks += c.fallbacks;
     char buf[512];
     snprintf(buf, sizeof buf,
-             "%s{\"rank\": %d, \"kind\": \"%s\", \"nodes\": \"%s\", \"used_bytes\": %llu, \"limit_bytes\": %s, "
+             "%s{\"rank\": %d, \"kind\": \"%s\", \"nodes\": \"%s\", \"used_bytes\": %llu, \"peak_bytes\": %llu, \"limit_bytes\": %s, "
              "\"extents\": %llu, \"fallbacks\": %llu, \"over_budget_bytes\": %llu}",
              t ? ", " : "", t, numa::kind_name(topo.tiers[static_cast<size_t>(t)].kind),
              os::format_list(topo.tiers[static_cast<size_t>(t)].nodes).c_str(), static_cast<unsigned long long>(c.used_bytes),
-             c.limit_bytes == kNoLimit ? "null" : std::to_string(c.limit_bytes).c_str(),
+             static_cast<unsigned long long>(c.peak_bytes), c.limit_bytes == kNoLimit ? "null" : std::to_string(c.limit_bytes).c_str(),
              static_cast<unsigned long long>(c.extents), static_cast<unsigned long long>(c.fallbacks),
              static_cast<unsigned long long>(c.over_budget_bytes));
     o += buf;
@@ -732,11 +850,13 @@ std::string heap_stats_json() {
   char buf[512];
   snprintf(buf, sizeof buf,
            "], \"fallbacks\": %llu, \"moves\": {\"calls\": %llu, \"bytes\": %llu, \"pages_failed\": %llu}, "
-           "\"bind_failures\": %llu, \"pagemap_bytes\": %zu, \"jemalloc\": {\"allocated\": %llu, \"resident\": %llu}}",
+           "\"bind_failures\": %llu, \"pagemap_bytes\": %zu, \"jemalloc\": {\"allocated\": %llu, \"resident\": %llu, "
+           "\"metadata_bytes\": %llu}}",
            static_cast<unsigned long long>(fallbacks), static_cast<unsigned long long>(m.calls),
            static_cast<unsigned long long>(m.bytes_moved), static_cast<unsigned long long>(m.pages_failed),
            static_cast<unsigned long long>(g_heap.bind_failures.load()), page_map().metadata_bytes(),
-           static_cast<unsigned long long>(allocated), static_cast<unsigned long long>(resident));
+           static_cast<unsigned long long>(allocated), static_cast<unsigned long long>(resident),
+           static_cast<unsigned long long>(g_heap.metadata_bytes.load(std::memory_order_relaxed)));
   o += buf;
   o.pop_back();  // the closing brace, after the sections
   for (int i = 0; i < g_nsections.load(); ++i) o += std::string(", \"") + g_sections[i].name + "\": " + g_sections[i].fn();
@@ -746,18 +866,40 @@ std::string heap_stats_json() {
 
 }  // namespace tieralloc::alloc
 
-// jemalloc's default extent layer, overridden: Debian's archive is linked with these four
+// jemalloc's default extent layer, overridden: Debian's archive is linked with these seven
 // definitions made weak (alloc/jemalloc_overrides.txt), so every mapping jemalloc makes with its
 // default hooks -- arena 0's very first extent during jemalloc's own start-up, every automatic
-// arena, the huge arena, base metadata -- is placed by tieralloc's fill-fast-first policy and
-// recorded in the page map. Explicit tier arenas use their own hook tables above. This costs the
-// allocation fast path nothing: it only runs when jemalloc needs new address space.
+// arena, the huge arena -- is placed by tieralloc's fill-fast-first policy and recorded in the page
+// map, and its metadata is placed as map_metadata says. Explicit tier arenas use their own hook
+// tables above. This costs the allocation fast path nothing: it only runs when jemalloc needs new
+// address space or changes an extent's commit state.
 extern "C" {
-void* je_extent_alloc_mmap(void* new_addr, size_t size, size_t alignment, bool* zero, bool* commit) {
+// The arenas' extents, for the default hooks (jemalloc's version also tries sbrk, which would
+// hand out memory no tier holds).
+void* je_ehooks_default_alloc_impl(void* /*tsdn*/, void* new_addr, size_t size, size_t alignment, bool* zero, bool* commit,
+                                   unsigned /*arena_ind*/) {
   using namespace tieralloc::alloc;
-  void* addr = map_extent(g_heap.policies[kAutoSlot], new_addr, size, alignment);
+  void* addr = map_extent(g_heap.policies[kAutoSlot], new_addr, size, std::max<size_t>(alignment, tieralloc::os::kPageSize), *commit);
+  if (addr) *zero = true;
+  return addr;
+}
+
+// Everything else jemalloc maps directly: its metadata.
+void* je_extent_alloc_mmap(void* new_addr, size_t size, size_t alignment, bool* zero, bool* commit) {
+  void* addr = tieralloc::alloc::map_metadata(new_addr, size, alignment);
   if (addr) *zero = *commit = true;
   return addr;
+}
+
+// jemalloc's own versions answer "not supported" on Linux (it overcommits), which would leave
+// every retained extent committed and charged to its tier.
+bool je_ehooks_default_commit_impl(void* addr, size_t offset, size_t length) {
+  using namespace tieralloc::alloc;
+  return !commit_range(g_heap.policies[kAutoSlot], reinterpret_cast<uintptr_t>(addr) + offset, length);
+}
+
+bool je_ehooks_default_decommit_impl(void* addr, size_t offset, size_t length) {
+  return !tieralloc::alloc::decommit_range(reinterpret_cast<uintptr_t>(addr) + offset, length);
 }
 
 // jemalloc calls this only when it does not retain virtual memory (opt.retain:false).

@@ -23,10 +23,11 @@ constexpr int kMaxNodesPerTier = 16;
 constexpr uint64_t kNoLimit = UINT64_MAX;
 
 struct TierCounters {
-  uint64_t used_bytes;        // address space mapped on the tier and held by jemalloc
+  uint64_t used_bytes;        // memory committed on the tier: in use or cached by jemalloc, not
+                              // the address space it retains uncommitted
   uint64_t peak_bytes;        // highest used_bytes seen
   uint64_t limit_bytes;       // this process's budget on the tier (kNoLimit: none)
-  uint64_t extents;           // extents placed here over the process's life
+  uint64_t extents;           // extents committed here over the process's life
   uint64_t fallbacks;         // extents that wanted this tier but were placed on another
   uint64_t over_budget_bytes; // default allocations placed past every budget (never failed)
 };

@@ -34,8 +34,20 @@ const std::vector<OptionDoc>& option_docs() {
        "on (default): machine-check SIGBUS (BUS_MCEERR_AR/AO) on tieralloc's memory quarantines the bad "
        "cachelines, and faults on quarantined pages reach tieralloc first (the application's own "
        "SIGBUS/SIGSEGV handlers still get every other fault); off: no handlers, the API still works"},
+      {"TIERALLOC_QUARANTINE_FILE", "PATH|off",
+       "the quarantine journal: physical memory known bad on this machine, read at start-up (resident pages "
+       "tieralloc manages are moved off the frames it names) and updated as poison is reported (default $XDG_STATE_HOME/tieralloc/quarantine, "
+       "or ~/.local/state/tieralloc/quarantine; an absolute path; off: no journal)"},
   };
   return docs;
+}
+
+std::string Options::default_quarantine_file() {
+  const char* state = secure_getenv("XDG_STATE_HOME");
+  if (state && state[0] == '/') return std::string(state) + "/tieralloc/quarantine";
+  const char* home = secure_getenv("HOME");
+  if (home && home[0] == '/') return std::string(home) + "/.local/state/tieralloc/quarantine";
+  return "";
 }
 
 Options options_from_env(std::vector<std::string>& warnings) {
@@ -94,6 +106,16 @@ Options options_from_env(std::vector<std::string>& warnings) {
     if (s == "on" || s == "1") o.poison = true;
     else if (s == "off" || s == "0") o.poison = false;
     else warnings.push_back("TIERALLOC_POISON='" + std::string(v) + "' is not on or off; poison handling stays on");
+  }
+  if (const char* v = secure_getenv("TIERALLOC_QUARANTINE_FILE"); v && *v) {
+    std::string_view s = os::trim(v);
+    // Absolute only: a relative path would name a different file in every working directory.
+    if (s == "off") o.quarantine_file.clear();
+    else if (s.size() > 1 && s.front() == '/' && s.back() != '/' && s.size() < 4000 && s.find('\n') == std::string_view::npos)
+      o.quarantine_file = std::string(s);
+    else
+      warnings.push_back("TIERALLOC_QUARANTINE_FILE='" + std::string(v) + "' is not an absolute file path or off; using " +
+                         (o.quarantine_file.empty() ? std::string("no journal (no home directory)") : o.quarantine_file));
   }
   return o;
 }

@@ -29,6 +29,13 @@ struct Options {
   // TIERALLOC_POISON: take machine-check SIGBUS and stray accesses to quarantined pages (on), or
   // leave SIGBUS/SIGSEGV to the application and the kernel (off; the API still quarantines).
   bool poison = true;
+  // TIERALLOC_QUARANTINE_FILE: the quarantine journal's path, "" = off (TIERALLOC_QUARANTINE_FILE=off,
+  // or no home directory to put it in).
+  std::string quarantine_file = default_quarantine_file();
+
+  // $XDG_STATE_HOME/tieralloc/quarantine when XDG_STATE_HOME is an absolute path (the XDG base
+  // directory rules ignore a relative one), else $HOME/.local/state/tieralloc/quarantine, else "".
+  static std::string default_quarantine_file();
 };
 
 struct OptionDoc {

@@ -107,6 +107,13 @@ bool PageMap::retier(uintptr_t addr, size_t len, uint8_t tier, uint16_t node) {
   });
 }
 
+bool PageMap::set_committed(uintptr_t addr, size_t len, bool committed) {
+  return update(addr, len, [committed](PageEntry e) {
+    if (e.managed()) e.committed = committed;
+    return e;
+  });
+}
+
 PageEntry PageMap::get(uintptr_t addr) const {
   size_t ri = addr >> kRootShift;
   if (ri >= kRootEntries) return PageEntry{};

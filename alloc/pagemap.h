@@ -1,5 +1,6 @@
-// The page map: for every 4 KiB page tieralloc manages, which tier and node it was placed on and
-// which arena policy owns it. Later layers add heat and poison state beside it.
+// The page map: for every 4 KiB page tieralloc manages, which tier and node it was placed on, which
+// arena policy owns it, and whether jemalloc holds it committed (charged to the tier's budget).
+// Later layers add heat and poison state beside it.
 //
 // Layout: a three-level radix over the 47-bit user address space -- 1 GiB root slots, 2 MiB mid
 // slots, 4 KiB page entries -- where a root or mid slot wholly covered by one placement holds that
@@ -20,9 +21,13 @@ namespace tieralloc::alloc {
 
 struct PageEntry {
   static constexpr uint8_t kUnmanaged = 0xff;
+  static constexpr uint8_t kMaxOwner = 0x7f;  // the owner byte's top bit holds `committed`
   uint8_t tier = kUnmanaged;  // rank, or kUnmanaged
   uint8_t owner = 0;          // policy slot of the arena that mapped it
   uint16_t node = 0;          // node bound at placement (or moved to); 0xffff = default policy
+  // Committed pages count in their tier's usage; decommitted ones are address space jemalloc
+  // retains, with no memory behind them until it commits them again.
+  bool committed = false;
   bool managed() const { return tier != kUnmanaged; }
 };
 
@@ -36,8 +41,10 @@ class PageMap {
   // could not be mapped (the caller then refuses the extent).
   bool set(uintptr_t addr, size_t len, PageEntry e);
   void clear(uintptr_t addr, size_t len) { set(addr, len, PageEntry{}); }
-  // Sets tier/node of the managed pages in the range, keeping their owner.
+  // Sets tier/node of the managed pages in the range, keeping their owner and commit state.
   bool retier(uintptr_t addr, size_t len, uint8_t tier, uint16_t node);
+  // Sets the commit state of the managed pages in the range, keeping their placement.
+  bool set_committed(uintptr_t addr, size_t len, bool committed);
   PageEntry get(uintptr_t addr) const;
   bool managed(uintptr_t addr) const { return get(addr).managed(); }
 
@@ -63,9 +70,12 @@ PageMap& page_map();
 
 // Word encodings, shared by the header's template and pagemap.cc.
 namespace pagemap_detail {
-inline uint32_t pack(PageEntry e) { return e.tier | uint32_t{e.owner} << 8 | uint32_t{e.node} << 16; }
+inline uint32_t pack(PageEntry e) {
+  return e.tier | uint32_t(e.owner & PageEntry::kMaxOwner) << 8 | uint32_t{e.committed} << 15 | uint32_t{e.node} << 16;
+}
 inline PageEntry unpack(uint32_t v) {
-  return PageEntry{static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8), static_cast<uint16_t>(v >> 16)};
+  return PageEntry{static_cast<uint8_t>(v), static_cast<uint8_t>((v >> 8) & PageEntry::kMaxOwner), static_cast<uint16_t>(v >> 16),
+                   ((v >> 15) & 1) != 0};
 }
 // Leaf words are stored complemented so that zero (never written) reads as unmanaged.
 inline uint32_t leaf_word(PageEntry e) { return e.managed() ? ~pack(e) : 0; }
@@ -83,7 +93,7 @@ void PageMap::for_each_run(uintptr_t addr, size_t len, Fn fn) const {
   PageEntry run{};
   size_t run_bytes = 0;
   auto emit = [&](PageEntry e, size_t bytes) {
-    if (run_bytes && pack(e) == pack(run) && e.managed() == run.managed()) {
+    if (run_bytes && pack(e) == pack(run)) {
       run_bytes += bytes;
       return;
     }

@@ -342,6 +342,7 @@ __attribute__((constructor(101))) void tieralloc_start() {
   Options o = options_from_env(ignored);
   // Poison's fault filters go first: a fault on a quarantined page is never a sampling fault.
   poison::init(o.poison);
+  poison::start(o.quarantine_file);
   heap_add_stats_section("tiering", tiering::engine_stats_json);
   heap_add_stats_section("poison", poison::stats_json);
   tiering::EngineConfig ec;

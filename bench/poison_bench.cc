@@ -3,13 +3,19 @@
 //
 //   BM_MallocFreeQuarantined  malloc+free while pages are quarantined (alloc/preload.cc's
 //                             *_avoiding slow path) vs the same pairs with nothing quarantined;
-//                             far: one page elsewhere, around: pages on both sides of the blocks
+//                             far: one page elsewhere, around: pages on both sides of the blocks;
+//                             thousand: 1,000 pages quarantined across the heap
+//                             (BM_MallocFreeThousandQuarantined)
 //   BM_PoisonCheck            tieralloc_poison_check of a clean range vs memcpy of its bytes
 //   BM_RecoveryRead           tieralloc_recovery_read of a clean range, and of one with a
 //                             quarantined page, vs memcpy of the same bytes
 //   BM_ReportRepairCycle      tieralloc_poison_report + tieralloc_repair_write of one line
 //   BM_MachineCheck           a forged SIGBUS BUS_MCEERR_AR/AO up to quarantine (and to the
 //                             application's handler) vs a plain signal delivered the same way
+//
+// bench/microbench.py runs it with TIERALLOC_QUARANTINE_FILE=off: the pages it quarantines are
+// healthy and must not enter the user's quarantine journal, and the journal's writer thread would
+// share the pinned CPU with the timed paths. Run by hand, set the same.
 //
 // Linked with libtieralloc.so: malloc is tieralloc's, and only memory tieralloc manages can be
 // quarantined. Every page this program quarantines is a whole page it owns, because quarantine
@@ -188,7 +194,58 @@ void BM_MallocFreeQuarantined(benchmark::State& state, Quarantine where) {
   for (char* p : pages) tieralloc_free(p);
 }
 BENCHMARK_CAPTURE(BM_MallocFreeQuarantined, far, Quarantine::kFar)->Arg(64)->Arg(4096)->UseManualTime();
+
 BENCHMARK_CAPTURE(BM_MallocFreeQuarantined, around, Quarantine::kAround)->Arg(64)->Arg(4096)->UseManualTime();
+
+// The figure: malloc/free with 1,000 pages quarantined, against the clean fast path in the
+// same iteration. The pages are single-page blocks of the default arena taken in between ordinary
+// allocations, so they are spread through the heap around the benchmark's block: the address
+// bounds never rule them out and every allocation looks its pages up in the quarantine table.
+// Quarantining and repairing 1,000 pages takes tens of milliseconds (untimed), so an iteration is
+// a long batch and the iteration count is fixed. Registered after the others: its 1,000 pages
+// and fillers change the heap's layout, which `around` depends on.
+void BM_MallocFreeThousandQuarantined(benchmark::State& state) {
+  const auto n = static_cast<size_t>(state.range(0));
+  constexpr int kPages = 1000, kOps = 1 << 16;
+  void* block = alloc_touched(n);
+  std::vector<char*> pages;
+  std::vector<void*> filler;
+  for (int i = 0; i < kPages; ++i) {
+    pages.push_back(own_pages(1));
+    filler.push_back(std::malloc(static_cast<size_t>(64 << (i % 8))));  // spreads the pages apart
+  }
+  for (void* f : filler) std::free(f);
+  // Only its address is compared below, after the free that makes it the thread cache's next.
+  const auto block_at = reinterpret_cast<uintptr_t>(block);
+  std::free(block);
+  const auto [lo, hi] = std::minmax_element(pages.begin(), pages.end());
+  const bool around = reinterpret_cast<uintptr_t>(*lo) < block_at && reinterpret_cast<uintptr_t>(*hi) > block_at;
+  state.SetLabel("1000 pages quarantined across the heap" + std::string(around ? "" : " (not around the block: bounds test only)"));
+  double clean_s = 0, slow_s = 0;
+  for (auto _ : state) {
+    clean_s += malloc_free_batch(n, kOps);
+    if (!std::all_of(pages.begin(), pages.end(), quarantine_line)) {
+      state.SkipWithError("tieralloc_poison_report failed");
+      return;
+    }
+    const double s = malloc_free_batch(n, kOps);
+    if (!std::all_of(pages.begin(), pages.end(), repair_line)) {
+      state.SkipWithError("tieralloc_repair_write failed");
+      return;
+    }
+    slow_s += s;
+    state.SetIterationTime(s);
+  }
+  const double ops = static_cast<double>(state.iterations()) * kOps;
+  state.SetItemsProcessed(static_cast<int64_t>(ops));
+  state.counters["ns_per_op"] = slow_s * 1e9 / ops;
+  state.counters["clean_ns_per_op"] = clean_s * 1e9 / ops;
+  state.counters["quarantined_pages"] = kPages;
+  // Above 1: the slow path costs more than the fast path.
+  state.counters["time_vs_clean"] = slow_s / clean_s;
+  for (char* p : pages) tieralloc_free(p);
+}
+BENCHMARK(BM_MallocFreeThousandQuarantined)->Arg(64)->Arg(4096)->Iterations(8)->UseManualTime();
 
 // ---- tieralloc_poison_check and tieralloc_recovery_read -----------------------------------------
 

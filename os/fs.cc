@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -72,6 +73,102 @@ std::optional<std::string> FsRoot::readlink(std::string_view abs) const {
   ssize_t n = ::readlink(path(abs).c_str(), buf, sizeof buf - 1);
   if (n < 0) return std::nullopt;
   return std::string(buf, static_cast<size_t>(n));
+}
+
+namespace {
+
+int write_all_fd(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -errno;
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return 0;
+}
+
+// mkdir -p of the directories above `path` (not `path` itself).
+int make_parent_dirs(const std::string& path) {
+  for (size_t slash = path.find('/', 1); slash != std::string::npos; slash = path.find('/', slash + 1)) {
+    std::string dir = path.substr(0, slash);
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return -errno;
+  }
+  return 0;
+}
+
+std::string parent_dir(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+int replace_file_durably(const std::string& path, std::string_view content) {
+  if (int rc = make_parent_dirs(path); rc < 0) return rc;
+  // Unique per process and thread: two writers never share a temporary file.
+  char suffix[64];
+  snprintf(suffix, sizeof suffix, ".tmp.%d.%ld", static_cast<int>(::getpid()), static_cast<long>(::gettid()));
+  const std::string tmp = path + suffix;
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return -errno;
+  int rc = write_all_fd(fd, content);
+  if (rc == 0 && ::fsync(fd) != 0) rc = -errno;
+  if (::close(fd) != 0 && rc == 0) rc = -errno;
+  if (rc == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) rc = -errno;
+  if (rc != 0) {
+    ::unlink(tmp.c_str());
+    return rc;
+  }
+  int dfd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return -errno;
+  rc = ::fsync(dfd) == 0 ? 0 : -errno;
+  ::close(dfd);
+  return rc;
+}
+
+std::optional<std::string> read_file(const std::string& path, size_t max_bytes) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  std::string out;
+  char buf[16384];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || out.size() + static_cast<size_t>(n) > max_bytes) {
+      const int err = n < 0 ? errno : EFBIG;
+      ::close(fd);
+      errno = err;
+      return std::nullopt;
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+FileLock::FileLock(const std::string& path) {
+  if (int rc = make_parent_dirs(path); rc < 0) {
+    error_ = -rc;
+    return;
+  }
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd_ < 0) {
+    error_ = errno;
+    return;
+  }
+  while (::flock(fd_, LOCK_EX) != 0) {
+    if (errno == EINTR) continue;
+    error_ = errno;
+    ::close(fd_);
+    fd_ = -1;
+    return;
+  }
+}
+
+FileLock::~FileLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing the last descriptor releases the flock
 }
 
 std::string_view trim(std::string_view s) {

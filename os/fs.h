@@ -35,6 +35,35 @@ class FsRoot {
   std::string root_;  // "" for the real root, else without trailing '/'
 };
 
+// Durable files (the poison journal). Not sysfs: these take real paths, never a FsRoot.
+//
+// Replaces the file at `path` with `content` so that a crash at any moment leaves either the old
+// file or the new one, whole: write(2) to a temporary file beside it, fsync, rename over `path`,
+// fsync the directory (the rename itself must reach the disk too). Missing parent directories are
+// created (0700: the file says which memory of this machine is bad). 0 or -errno.
+int replace_file_durably(const std::string& path, std::string_view content);
+// Whole file: nullopt with errno set (ENOENT when missing). Unlike FsRoot::read, no size cap
+// beyond `max_bytes`: a longer file reads as EFBIG.
+std::optional<std::string> read_file(const std::string& path, size_t max_bytes);
+
+// An exclusive flock(2) on `path` (created 0600 if missing), held for the object's life: the
+// read-merge-write of the journal by several processes at once. ok() is false when the lock file
+// cannot be opened (error() says why): callers must not write then, as an unlocked
+// read-merge-write could drop another writer's entries.
+class FileLock {
+ public:
+  explicit FileLock(const std::string& path);
+  ~FileLock();
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+  bool ok() const { return fd_ >= 0; }
+  int error() const { return error_; }
+
+ private:
+  int fd_ = -1;
+  int error_ = 0;
+};
+
 // Parsing helpers shared by every sysfs reader. All are total: bad input gives nullopt.
 std::string_view trim(std::string_view s);
 std::optional<long long> parse_int(std::string_view s);

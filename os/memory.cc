@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 
 namespace tieralloc::os {
@@ -86,6 +87,17 @@ long read_own_memory(void* dst, const void* src, size_t size) {
 
 long read_pagemap(uintptr_t vaddr, uint64_t* entries, size_t n) {
   int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  ssize_t got = ::pread(fd, entries, n * sizeof(uint64_t), static_cast<off_t>(vaddr / kPageSize * sizeof(uint64_t)));
+  int err = errno;
+  ::close(fd);
+  return got < 0 ? -err : got / static_cast<long>(sizeof(uint64_t));
+}
+
+long read_pagemap_of(int pid, uintptr_t vaddr, uint64_t* entries, size_t n) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/pagemap", pid);
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -errno;
   ssize_t got = ::pread(fd, entries, n * sizeof(uint64_t), static_cast<off_t>(vaddr / kPageSize * sizeof(uint64_t)));
   int err = errno;

@@ -34,6 +34,24 @@ long read_own_memory(void* dst, const void* src, size_t size);
 // Entries of /proc/self/pagemap for the n pages from vaddr (bit 63 present, bits 0-54 the frame
 // number, which reads as 0 without CAP_SYS_ADMIN). Entries read, or -errno.
 long read_pagemap(uintptr_t vaddr, uint64_t* entries, size_t n);
+// The same for another process (/proc/PID/pagemap: needs ptrace access to it, and CAP_SYS_ADMIN
+// for frame numbers). For `tieralloc poison report --pid`.
+long read_pagemap_of(int pid, uintptr_t vaddr, uint64_t* entries, size_t n);
+
+// The physical frame number a pagemap entry names, or 0 when it names none this process may see:
+// a present page (bits 0-54, zero without CAP_SYS_ADMIN), or a page the kernel took away because
+// its frame is hardware-poisoned. The kernel leaves such a page's PTE as a special swap entry
+// whose offset is the frame (seen on Debian 12's 6.1: type 26; tests/guest). Special entry types
+// sit above every real swap area's: MAX_SWAPFILES is 32 less at most 9 special types on any
+// configuration, and real swap areas are numbered from 0 up, so a type of 16 or more is special.
+// Migration entries (also special) carry the frame too; device-private entries never name
+// memory tieralloc maps.
+inline uint64_t pagemap_frame(uint64_t entry) {
+  constexpr uint64_t kPresent = 1ull << 63, kSwapped = 1ull << 62, kLow55 = (1ull << 55) - 1;
+  if (entry & kPresent) return entry & kLow55;
+  if ((entry & kSwapped) && (entry & 0x1f) >= 16) return (entry & kLow55) >> 5;
+  return 0;
+}
 
 enum class BindMode {
   kPreferred,   // fall back to other nodes when these are full (never OOM-kills while memory exists)

@@ -8,14 +8,21 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <time.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include "alloc/heap.h"
 #include "alloc/pagemap.h"
+#include "alloc/process_topology.h"
+#include "os/fs.h"
 #include "os/memory.h"
 #include "os/signals.h"
+#include "poison/badblocks.h"
+#include "poison/journal.h"
 #include "tieralloc/tieralloc.h"
 
 namespace tieralloc::poison {
@@ -34,6 +41,9 @@ struct Slot {
   std::atomic<uint64_t> bad{0};
   std::atomic<uint64_t> written{0};
   std::atomic<char*> shadow{nullptr};
+  // Physical address of the page's frame when it was quarantined (0: unknown), for the journal:
+  // read then, because a rebuild puts another frame under the address.
+  std::atomic<uint64_t> frame{0};
 };
 
 // Open addressing over page addresses, read lock-free (signal handlers, the allocation slow
@@ -58,7 +68,38 @@ constinit std::atomic<uint32_t> g_event_seq{0};                               //
 using PoisonHandler = void (*)(const tieralloc_poison_event*, void*);
 constinit PoisonHandler g_handler = nullptr;  // under g_lock
 constinit void* g_handler_arg = nullptr;
-constinit pid_t g_handler_thread_pid = 0;  // process that runs the delivery thread
+
+// The journal (TIERALLOC_QUARANTINE_FILE): physical ranges found bad, and rebuilds of pages on
+// them, queued here under g_lock by the quarantine paths (signal handlers among them) and written
+// by the worker thread (flush_journal), never in a handler.
+struct JournalRecord {
+  uint64_t phys, len;
+  int source;
+  bool repaired;  // a page on [phys, phys+len) was rebuilt onto a fresh frame
+};
+constexpr size_t kRecords = 1024;
+constinit JournalRecord g_records[kRecords];
+constinit size_t g_record_count = 0;  // under g_lock
+// Records ever queued, and queued-and-written (the futex word a consumed machine check waits on
+// before the program's SIGBUS disposition, which may end the process, runs).
+constinit std::atomic<uint32_t> g_records_queued{0}, g_records_written{0};
+constinit char g_journal_path[4096] = "";  // "" = no journal; set once, at start-up
+constinit std::atomic<bool> g_journal_on{false};
+constinit std::atomic<uint64_t> g_records_lost{0}, g_unjournaled{0};
+// Pagemap reads of present pages that gave a frame number, and that gave 0 (no CAP_SYS_ADMIN).
+constinit std::atomic<uint64_t> g_frames_seen{0}, g_frames_hidden{0};
+// Pages moved off known-bad frames (start-up, tieralloc_poison_scan), and what became of those
+// frames: parked (kept mapped, inaccessible, so that nobody else is given them while this
+// process lives) or released when the parking area is full.
+constinit std::atomic<uint64_t> g_relocated{0}, g_released_frames{0};
+constinit std::atomic<uintptr_t> g_relocating{0};  // the page being moved now (under g_lock)
+constexpr size_t kMaxParked = 4096;
+constinit uintptr_t g_park_area = 0;
+constinit std::atomic<size_t> g_parked{0};  // changed under g_lock
+constinit std::atomic<bool> g_filters_installed{false};
+
+constinit std::atomic<pid_t> g_worker_pid{0};  // process that runs the worker thread (set under g_lock)
+constinit std::atomic<pid_t> g_worker_tid{0};
 
 constinit std::atomic<bool> g_initialised{false};
 constinit std::atomic<uint64_t> g_stray_accesses{0}, g_ignored_action_optional{0};
@@ -102,10 +143,50 @@ uint64_t lines_of(uintptr_t page, uintptr_t start, uintptr_t end) {
   return upto & ~((1ull << first) - 1);
 }
 
+// The physical address of the frame under `page` now, or 0 (not resident, or frame numbers
+// hidden). Async-signal-safe (open, pread, close).
+uint64_t frame_of(uintptr_t page) {
+  uint64_t entry = 0;
+  if (os::read_pagemap(page, &entry, 1) != 1) return 0;
+  const uint64_t pfn = os::pagemap_frame(entry);
+  if (entry >> 63) (pfn ? g_frames_seen : g_frames_hidden).fetch_add(1, std::memory_order_relaxed);
+  return pfn * kPage;
+}
+
+void futex_wake(std::atomic<uint32_t>* word);
+
+// Under g_lock: queues a journal record and wakes the worker.
+void push_record(uint64_t phys, uint64_t len, int source, bool repaired) {
+  if (!g_journal_on.load(std::memory_order_relaxed)) return;
+  if (g_record_count == kRecords) {
+    g_records_lost.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  g_records[g_record_count++] = JournalRecord{phys, len, source, repaired};
+  g_records_queued.fetch_add(1, std::memory_order_release);
+  g_event_seq.fetch_add(1, std::memory_order_release);
+  futex_wake(&g_event_seq);
+}
+
+// Under g_lock: journals the lines `added` of page (frame `frame`), reported by `source`.
+// Reports that came from the journal or from a physical report (journaled whole) add nothing.
+void journal_lines(uint64_t frame, uint64_t added, int source) {
+  if (!added || source == TIERALLOC_POISON_KNOWN || source == TIERALLOC_POISON_PHYSICAL ||
+      !g_journal_on.load(std::memory_order_relaxed))
+    return;
+  if (!frame) {
+    g_unjournaled.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  const unsigned first = static_cast<unsigned>(__builtin_ctzll(added)), last = 63u - static_cast<unsigned>(__builtin_clzll(added));
+  push_record(frame + first * kLineSize, (last - first + 1) * kLineSize, source, false);
+}
+
 // Under g_lock. 1: newly quarantined; 0: lines added to a quarantined page; -ENOSPC.
-int insert(uintptr_t page, uint64_t lines) {
+int insert(uintptr_t page, uint64_t lines, int source) {
   if (Slot* s = find(page)) {
-    s->bad.fetch_or(lines, std::memory_order_release);
+    const uint64_t old = s->bad.fetch_or(lines, std::memory_order_release);
+    journal_lines(s->frame.load(std::memory_order_relaxed), lines & ~old, source);
     return 0;
   }
   if (g_quarantined_pages.load(std::memory_order_relaxed) >= kMaxPages) return -ENOSPC;
@@ -113,7 +194,10 @@ int insert(uintptr_t page, uint64_t lines) {
   while (g_slots[i].page.load(std::memory_order_relaxed) > kTombstone) i = (i + 1) & (kSlots - 1);
   g_slots[i].bad.store(lines, std::memory_order_relaxed);
   g_slots[i].written.store(0, std::memory_order_relaxed);
+  const uint64_t frame = g_journal_on.load(std::memory_order_relaxed) ? frame_of(page) : 0;
+  g_slots[i].frame.store(frame, std::memory_order_relaxed);
   g_slots[i].page.store(page, std::memory_order_release);
+  journal_lines(frame, lines, source);
   // Counted before access is taken away: the allocation path must already avoid the page when a
   // fault on it can happen.
   g_quarantined_pages.fetch_add(1, std::memory_order_seq_cst);
@@ -126,6 +210,8 @@ int insert(uintptr_t page, uint64_t lines) {
 
 // Under g_lock: the slot's page is back in service.
 void remove(Slot* s) {
+  // The data now lives on a fresh frame; the old one stays in the journal, with one more repair.
+  if (uint64_t frame = s->frame.exchange(0, std::memory_order_relaxed)) push_record(frame, kPage, 0, true);
   s->bad.store(0, std::memory_order_relaxed);
   s->written.store(0, std::memory_order_relaxed);
   if (char* shadow = s->shadow.exchange(nullptr, std::memory_order_relaxed)) os::unmap(shadow, kPage);
@@ -168,6 +254,34 @@ bool replace_with_zero_page(uintptr_t page) {
 
 void futex_wake(std::atomic<uint32_t>* word) {
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+}
+
+void futex_wake_all(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
+}
+
+// Called before a consumed machine check goes on to the program's SIGBUS disposition, which may
+// end the process: gives the worker up to a second to put the bad frame in the journal first, so
+// that the restart does not get it again. Async-signal-safe (futex, clock_gettime); the worker
+// never waits for the interrupted thread, except through malloc when the poison was consumed
+// inside jemalloc with a lock held, which the time limit covers.
+void wait_for_journal() {
+  // A worker created but not yet running (its tid still 0) will flush as its first act.
+  if (!g_journal_on.load(std::memory_order_relaxed) || g_worker_pid.load(std::memory_order_relaxed) != getpid() ||
+      g_worker_tid.load(std::memory_order_relaxed) == static_cast<pid_t>(syscall(SYS_gettid)))
+    return;
+  const uint32_t target = g_records_queued.load(std::memory_order_acquire);
+  struct timespec start, now;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  for (;;) {
+    const uint32_t done = g_records_written.load(std::memory_order_acquire);
+    if (static_cast<int32_t>(done - target) >= 0) return;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    const long elapsed_ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+    if (elapsed_ms >= 1000) return;
+    struct timespec wait = {0, 50 * 1000 * 1000};
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&g_records_written), FUTEX_WAIT_PRIVATE, done, &wait, nullptr, 0);
+  }
 }
 
 // Under g_lock.
@@ -226,7 +340,9 @@ bool machine_check_filter(int, siginfo_t* info, void* ucontext) {
   // Consumed inside a recovery read: the read reports the line as bad.
   if (os::redirect_guarded_copy(ucontext)) return true;
   // Consumed by the program itself: the data is gone. The application's SIGBUS handler (or the
-  // default action) decides, as it would without tieralloc; the page is quarantined either way.
+  // default action) decides, as it would without tieralloc; the page is quarantined either way,
+  // and journaled before the decision.
+  wait_for_journal();
   return false;
 }
 
@@ -250,12 +366,130 @@ bool quarantined_access_filter(int, siginfo_t* info, void* ucontext) {
   return false;
 }
 
-void* delivery_thread(void*) {
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+// The journal's two locks are plain pthread mutexes, reset in a forked child: the parent's worker
+// may hold one at the fork, and the child's exit flush or statistics would otherwise wait forever.
+constinit pthread_mutex_t g_status_mu = PTHREAD_MUTEX_INITIALIZER;  // JournalStatus
+constinit pthread_mutex_t g_flush_mu = PTHREAD_MUTEX_INITIALIZER;   // one journal write at a time
+void reset_locks_in_child() {
+  g_status_mu = PTHREAD_MUTEX_INITIALIZER;
+  g_flush_mu = PTHREAD_MUTEX_INITIALIZER;
+}
+class Guard {
+ public:
+  explicit Guard(pthread_mutex_t& mu) : mu_(mu) { pthread_mutex_lock(&mu_); }
+  ~Guard() { pthread_mutex_unlock(&mu_); }
+  Guard(const Guard&) = delete;
+  Guard& operator=(const Guard&) = delete;
+
+ private:
+  pthread_mutex_t& mu_;
+};
+
+// Journal state for the statistics, written by start-up, tieralloc_poison_scan and the worker,
+// under g_status_mu.
+struct JournalStatus {
+  JournalState state = JournalState::kMissing;
+  std::string problem;
+  size_t entries = 0;
+  size_t badblocks_ranges = 0;
+  uint64_t write_errors = 0;
+  std::string last_error;
+  bool warned_corrupt = false, warned_write = false;
+};
+JournalStatus& journal_status() {
+  static JournalStatus* st = new JournalStatus;  // never destroyed: the worker may outlive exit()
+  return *st;
+}
+
+// Records the state of a journal just read; a corrupt or newer file is reported once on stderr.
+void note_journal_state(const JournalFile& f, bool wrote) {
+  JournalStatus& st = journal_status();
+  Guard g(g_status_mu);
+  st.state = f.state;
+  st.problem = f.problem;
+  if (f.state == JournalState::kOk || f.state == JournalState::kMissing) st.entries = f.entries.size();
+  if ((f.state == JournalState::kCorrupt || f.state == JournalState::kNewer || f.state == JournalState::kUnreadable) &&
+      !st.warned_corrupt) {
+    st.warned_corrupt = true;
+    std::string what = std::string("quarantine journal ") + g_journal_path + " is " + state_name(f.state) + " (" + f.problem + "): ";
+    if (f.state == JournalState::kCorrupt)
+      what += wrote ? "ignored, and kept as " + std::string(g_journal_path) + ".corrupt beside the new one"
+                    : "ignored (it is kept as .corrupt when the journal is next written)";
+    else
+      what += "ignored, and left as it is";
+    alloc::warn(what);
+  }
+}
+
+// Writes the queued records to the journal. On the worker thread, or at exit; g_flush_mu keeps
+// the two from interleaving, and keeps exit from cutting a write in half.
+constinit JournalRecord g_batch[kRecords];  // under g_flush_mu
+
+void flush_journal() {
+  if (!g_journal_on.load(std::memory_order_relaxed)) return;
+  Guard guard(g_flush_mu);
+  size_t n;
+  uint32_t upto;
+  {
+    os::SignalSafeLock lock(g_lock);
+    n = g_record_count;
+    std::memcpy(g_batch, g_records, n * sizeof(JournalRecord));
+    g_record_count = 0;
+    upto = g_records_queued.load(std::memory_order_relaxed);
+  }
+  if (n) {
+    const int64_t now = static_cast<int64_t>(::time(nullptr));
+    JournalFile found;
+    size_t entries_after = 0;
+    const int rc = update_journal(
+        g_journal_path,
+        [&](std::vector<JournalEntry>& entries) {
+          bool changed = false;
+          for (size_t i = 0; i < n; ++i) {
+            const JournalRecord& r = g_batch[i];
+            if (r.repaired) changed |= note_repair(entries, r.phys, r.len, now);
+            else changed |= add_entry(entries, JournalEntry{r.phys, r.len, r.source, now, 0, 0});
+          }
+          entries_after = entries.size();
+          return changed;
+        },
+        &found);
+    note_journal_state(found, rc == 0);
+    if (rc < 0) {
+      JournalStatus& st = journal_status();
+      Guard g(g_status_mu);
+      ++st.write_errors;
+      st.last_error = rc == -EEXIST ? "a newer tieralloc's journal is in the way" : std::strerror(-rc);
+      if (!st.warned_write) {
+        st.warned_write = true;
+        alloc::warn(std::string("cannot write the quarantine journal ") + g_journal_path + ": " + st.last_error +
+                    "; bad memory found now is not remembered after this process");
+      }
+    } else {
+      JournalStatus& st = journal_status();
+      Guard g(g_status_mu);
+      st.state = JournalState::kOk;
+      st.entries = entries_after;
+    }
+  }
+  g_records_written.store(upto, std::memory_order_release);
+  futex_wake_all(&g_records_written);
+}
+
+// The worker thread: writes the journal and delivers events to the application's handler.
+void* poison_worker(void*) {
+  // Asynchronous signals are the program's threads' business. Faults stay deliverable: this
+  // thread touches heap pages (the journal's strings, the application's handler), and a fault
+  // there -- a page the sampler armed, a quarantined page -- must reach tieralloc's filters; a
+  // blocked synchronous fault kills the process instead.
+  sigset_t async;
+  sigfillset(&async);
+  for (int sync : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP}) sigdelset(&async, sync);
+  pthread_sigmask(SIG_BLOCK, &async, nullptr);
+  g_worker_tid.store(static_cast<pid_t>(syscall(SYS_gettid)), std::memory_order_release);
   for (;;) {
     uint32_t seen = g_event_seq.load(std::memory_order_acquire);
+    flush_journal();
     for (;;) {
       tieralloc_poison_event ev = {};
       void (*fn)(const tieralloc_poison_event*, void*) = nullptr;
@@ -280,6 +514,29 @@ void* delivery_thread(void*) {
     syscall(SYS_futex, reinterpret_cast<uint32_t*>(&g_event_seq), FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0);
   }
   return nullptr;
+}
+
+// Starts the worker in this process unless it runs already (after fork, the child's first call
+// here starts its own). 0 or an errno.
+int ensure_worker() {
+  const pid_t me = getpid();
+  {
+    os::SignalSafeLock lock(g_lock);
+    if (g_worker_pid.load(std::memory_order_relaxed) == me) return 0;
+    g_worker_pid.store(me, std::memory_order_relaxed);
+    g_worker_tid.store(0, std::memory_order_relaxed);
+  }
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  int rc = pthread_create(&t, &attr, poison_worker, nullptr);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    os::SignalSafeLock lock(g_lock);
+    g_worker_pid.store(0, std::memory_order_relaxed);
+  }
+  return rc;
 }
 
 bool valid_range(const void* p, size_t len) {
@@ -375,7 +632,189 @@ bool rebuild(Slot* s, uintptr_t page) {
   return true;
 }
 
+// Calls fn(page, frame) for every resident page tieralloc manages, frame being the physical
+// address of its frame or 0 when frame numbers are hidden. Scans at most 256 GiB of address
+// space, so a huge untouched reservation cannot stall it.
+template <typename Fn>
+void for_each_managed_frame(Fn fn) {
+  constexpr size_t kMaxScan = size_t{256} << 30;
+  constexpr size_t kBatch = 512;
+  size_t scanned = 0;
+  uintptr_t at = 0;
+  uint64_t entries[kBatch];
+  alloc::page_map().for_each_run(0, uintptr_t{1} << 47, [&](alloc::PageEntry e, size_t bytes) {
+    const uintptr_t run = at;
+    at += bytes;
+    if (!e.managed() || scanned >= kMaxScan) return;
+    scanned += bytes;
+    for (uintptr_t v = run; v < run + bytes;) {
+      const size_t n = std::min(kBatch, (run + bytes - v) / kPage);
+      const long got = os::read_pagemap(v, entries, n);
+      if (got <= 0) return;
+      for (long i = 0; i < got; ++i)
+        if (entries[i] >> 63) fn(v + static_cast<uintptr_t>(i) * kPage, os::pagemap_frame(entries[i]) * kPage);
+      v += static_cast<uintptr_t>(got) * kPage;
+    }
+  });
+}
+
+// A fault on the page being moved off a bad frame (write-protected, then briefly unmapped):
+// waits for the move, which holds g_lock, and retries on the new frame.
+bool relocation_filter(int, siginfo_t* info, void*) {
+  const uintptr_t page = g_relocating.load(std::memory_order_acquire);
+  if (!page) return false;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(info->si_addr);
+  if (a < page || a >= page + kPage) return false;
+  os::SignalSafeLock wait_for_the_move(g_lock);
+  return true;
+}
+
+// Moves the resident managed page at `page` off its frame, which is known bad: a fresh frame
+// placed like it (rebuild's fresh_page_like) takes its contents and, in one mremap, its place;
+// the old frame is parked in a private inaccessible area, so that the kernel cannot give it to
+// anyone else while this process lives (past kMaxParked it is released). 1: moved; 0: left alone
+// (quarantined already, or no memory); -1: the page cannot be read (the frame is poisoned for
+// real): the caller quarantines the bad lines instead. Without the fault filters (TIERALLOC_POISON
+// =off) other threads must not run: start-up only.
+int relocate(uintptr_t page) {
+  os::SignalSafeLock lock(g_lock);
+  if (find(page)) return 0;
+  char* fresh = fresh_page_like(page);
+  if (!fresh) return 0;
+  void* const p = reinterpret_cast<void*>(page);
+  const bool guarded = g_filters_installed.load(std::memory_order_relaxed);
+  g_relocating.store(page, std::memory_order_seq_cst);
+  // A write after the copy would be lost: writers fault and wait in relocation_filter instead.
+  if (guarded) os::protect(p, kPage, os::Access::kRead);
+  int result = 1;
+  if (os::read_own_memory(fresh, p, kPage) != static_cast<long>(kPage)) {
+    if (guarded) os::protect(p, kPage, os::Access::kReadWrite);
+    os::unmap(fresh, kPage);
+    result = -1;
+  } else {
+    if (!g_park_area) {
+      if (void* area = os::map_anonymous(kMaxParked * kPage, kPage)) {
+        os::protect(area, kMaxParked * kPage, os::Access::kNone);
+        g_park_area = reinterpret_cast<uintptr_t>(area);
+      }
+    }
+    void* slot = g_park_area && g_parked.load(std::memory_order_relaxed) < kMaxParked
+                     ? reinterpret_cast<void*>(g_park_area + g_parked.load(std::memory_order_relaxed) * kPage)
+                     : nullptr;
+    if (slot && os::move_mapping(p, slot, kPage)) {
+      ++g_parked;
+      os::protect(slot, kPage, os::Access::kNone);
+    } else {
+      slot = nullptr;
+      g_released_frames.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (os::move_mapping(fresh, p, kPage)) {
+      g_relocated.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      // Only when the kernel is out of memory for page tables: the old frame goes back.
+      if (slot) {
+        os::protect(slot, kPage, os::Access::kReadWrite);
+        os::move_mapping(slot, p, kPage);
+        --g_parked;
+      } else {
+        g_released_frames.fetch_sub(1, std::memory_order_relaxed);
+      }
+      if (guarded) os::protect(p, kPage, os::Access::kReadWrite);
+      os::unmap(fresh, kPage);
+      result = 0;
+    }
+  }
+  g_relocating.store(0, std::memory_order_seq_cst);
+  return result;
+}
+
+struct ApplyResult {
+  size_t moved = 0, quarantined = 0;
+  bool frames_hidden = false;
+};
+
+// Takes every resident managed page on a frame in `bad` (sorted, merged) off it.
+ApplyResult apply_known_bad(const std::vector<BadRange>& bad) {
+  ApplyResult r;
+  if (bad.empty()) return r;
+  for_each_managed_frame([&](uintptr_t page, uint64_t frame) {
+    if (!frame) {
+      r.frames_hidden = true;
+      return;
+    }
+    const uint64_t frame_end = frame + kPage;
+    auto it = std::upper_bound(bad.begin(), bad.end(), frame, [](uint64_t f, const BadRange& b) { return f < b.phys; });
+    uint64_t lo = UINT64_MAX, hi = 0;
+    if (it != bad.begin() && std::prev(it)->phys + std::prev(it)->len > frame) {
+      lo = frame;
+      hi = std::min(std::prev(it)->phys + std::prev(it)->len, frame_end);
+    }
+    for (; it != bad.end() && it->phys < frame_end; ++it) {
+      lo = std::min(lo, it->phys);
+      hi = std::max(hi, std::min(it->phys + it->len, frame_end));
+    }
+    if (lo >= hi) return;
+    const int moved = relocate(page);
+    if (moved > 0) ++r.moved;
+    else if (moved < 0 && quarantine(page + (lo - frame), hi - lo, TIERALLOC_POISON_KNOWN) == 0) ++r.quarantined;
+  });
+  return r;
+}
+
+// What the journal and the badblocks lists say is bad now, merged.
+std::vector<BadRange> load_known_bad() {
+  std::vector<BadRange> all;
+  if (g_journal_on.load(std::memory_order_relaxed)) {
+    JournalFile f = read_journal(g_journal_path);
+    note_journal_state(f, false);
+    for (const auto& e : f.entries) all.push_back(BadRange{e.phys, e.len, "journal"});
+  }
+  BadblocksScan b = read_badblocks(os::FsRoot(alloc::process_topology().fsroot));
+  {
+    JournalStatus& st = journal_status();
+    Guard g(g_status_mu);
+    st.badblocks_ranges = b.ranges.size();
+  }
+  for (auto& r : b.ranges) all.push_back(std::move(r));
+  return merge_ranges(std::move(all));
+}
+
+// Only a process whose worker runs: a forked child that never started one leaves the records it
+// inherited to its parent.
+void flush_journal_at_exit() {
+  if (g_worker_pid.load(std::memory_order_relaxed) == getpid()) flush_journal();
+}
+
+std::string json_string(const std::string& v) {
+  std::string out = "\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (static_cast<unsigned char>(c) < 0x20) {
+      char esc[8];
+      snprintf(esc, sizeof esc, "\\u%04x", c);
+      out += esc;
+    } else out += c;
+  }
+  return out + "\"";
+}
+
 }  // namespace
+
+void start(const std::string& journal_path) {
+  if (journal_path.size() >= sizeof g_journal_path) {
+    alloc::warn("TIERALLOC_QUARANTINE_FILE: path too long; no quarantine journal");
+  } else if (!journal_path.empty()) {
+    std::memcpy(g_journal_path, journal_path.c_str(), journal_path.size() + 1);
+    g_journal_on.store(true, std::memory_order_relaxed);
+  }
+  // Before other threads exist: a page moved now cannot be written meanwhile.
+  apply_known_bad(load_known_bad());
+  if (g_journal_on.load(std::memory_order_relaxed)) {
+    pthread_atfork(nullptr, nullptr, reset_locks_in_child);
+    ensure_worker();
+    atexit(flush_journal_at_exit);
+  }
+}
 
 void init(bool enabled) {
   bool expected = false;
@@ -383,6 +822,8 @@ void init(bool enabled) {
   if (!enabled) return;
   os::add_fault_filter(SIGBUS, machine_check_filter);
   os::add_fault_filter(SIGSEGV, quarantined_access_filter);
+  os::add_fault_filter(SIGSEGV, relocation_filter);
+  g_filters_installed.store(true, std::memory_order_release);
 }
 
 bool overlaps_quarantine(const void* addr, size_t len) {
@@ -444,6 +885,28 @@ ZeroingScope::~ZeroingScope() {
   t_zeroing = ZeroingRange{0, 0};
 }
 
+std::string journal_stats_json() {
+  JournalStatus& st = journal_status();
+  Guard g(g_status_mu);
+  const uint64_t seen = g_frames_seen.load(std::memory_order_relaxed), hidden = g_frames_hidden.load(std::memory_order_relaxed);
+  // Frame numbers: visible, hidden (pagemap gives 0 without CAP_SYS_ADMIN: known-bad ranges are
+  // kept but cannot be matched to pages, and reports cannot be journaled), or not looked at yet.
+  const char* frames = seen ? "visible" : hidden ? "hidden" : "unknown";
+  char buf[512];
+  snprintf(buf, sizeof buf,
+           "\"state\": \"%s\", \"entries\": %zu, \"badblocks_ranges\": %zu, \"frame_numbers\": \"%s\", "
+           "\"relocated_pages\": %llu, \"parked_frames\": %zu, \"released_frames\": %llu, \"unjournaled_reports\": %llu, "
+           "\"records_lost\": %llu, \"write_errors\": %llu",
+           g_journal_on.load(std::memory_order_relaxed) ? state_name(st.state) : "off", st.entries, st.badblocks_ranges, frames,
+           static_cast<unsigned long long>(g_relocated.load(std::memory_order_relaxed)), g_parked.load(std::memory_order_relaxed),
+           static_cast<unsigned long long>(g_released_frames.load(std::memory_order_relaxed)),
+           static_cast<unsigned long long>(g_unjournaled.load(std::memory_order_relaxed)),
+           static_cast<unsigned long long>(g_records_lost.load(std::memory_order_relaxed)),
+           static_cast<unsigned long long>(st.write_errors));
+  return "{\"path\": " + json_string(g_journal_path) + ", " + buf + ", \"problem\": " +
+         json_string(st.problem.empty() ? st.last_error : st.problem) + "}";
+}
+
 std::string stats_json() {
   char buf[384];
   snprintf(buf, sizeof buf,
@@ -454,7 +917,9 @@ std::string stats_json() {
            static_cast<unsigned long long>(g_free_absorbed.load(std::memory_order_relaxed)),
            static_cast<unsigned long long>(g_stray_accesses.load(std::memory_order_relaxed)),
            static_cast<unsigned long long>(g_ignored_action_optional.load(std::memory_order_relaxed)));
-  return buf;
+  std::string out = buf;
+  out.pop_back();  // the closing brace: the journal goes inside
+  return out + ", \"journal\": " + journal_stats_json() + "}";
 }
 
 int quarantine(uintptr_t addr, size_t len, int source) {
@@ -462,7 +927,7 @@ int quarantine(uintptr_t addr, size_t len, int source) {
   if (!len || end < addr || !managed_range(addr, end)) return -EINVAL;
   os::SignalSafeLock lock(g_lock);
   for (uintptr_t page = addr & ~(kPage - 1); page < end; page += kPage)
-    if (int rc = insert(page, lines_of(page, addr & ~(kLineSize - 1), end)); rc < 0) return rc;
+    if (int rc = insert(page, lines_of(page, addr & ~(kLineSize - 1), end), source); rc < 0) return rc;
   push_event(addr & ~(kLineSize - 1), ((end + kLineSize - 1) & ~(kLineSize - 1)) - (addr & ~(kLineSize - 1)), source);
   return 0;
 }
@@ -478,6 +943,7 @@ extern "C" int tieralloc_poison_report(void* addr, size_t len) {
     return -1;
   }
   alloc::heap_init();
+  if (g_journal_on.load(std::memory_order_relaxed)) ensure_worker();
   int rc = quarantine(reinterpret_cast<uintptr_t>(addr), len, TIERALLOC_POISON_REPORTED);
   if (rc < 0) {
     errno = -rc;
@@ -488,48 +954,48 @@ extern "C" int tieralloc_poison_report(void* addr, size_t len) {
 
 // Physical to virtual through the frame numbers of /proc/self/pagemap, over the memory tieralloc
 // manages (resident pages only: a page never touched has no frame, and cannot hold poison yet).
-// Scans at most kMaxPhysScan of address space, so a huge untouched reservation cannot stall it.
+// The range itself is journaled whole, whether or not this process has a page on it.
 extern "C" int tieralloc_poison_report_phys(uint64_t phys, size_t len) {
   if (!len || phys + len < phys) {
     errno = EINVAL;
     return -1;
   }
   alloc::heap_init();
-  constexpr uint64_t kPfnMask = (uint64_t{1} << 55) - 1;
-  constexpr size_t kMaxPhysScan = size_t{256} << 30;
-  constexpr size_t kBatch = 512;
+  if (g_journal_on.load(std::memory_order_relaxed)) {
+    ensure_worker();
+    os::SignalSafeLock lock(g_lock);
+    push_record(phys, len, TIERALLOC_POISON_PHYSICAL, false);
+  }
   const uint64_t phys_end = phys + len;
   bool frames_visible = false;
   int found = 0, failed = 0;
-  size_t scanned = 0;
-  uintptr_t at = 0;
-  uint64_t entries[kBatch];
-  alloc::page_map().for_each_run(0, uintptr_t{1} << 47, [&](alloc::PageEntry e, size_t bytes) {
-    const uintptr_t run = at;
-    at += bytes;
-    if (!e.managed() || scanned >= kMaxPhysScan) return;
-    scanned += bytes;
-    for (uintptr_t v = run; v < run + bytes;) {
-      size_t n = std::min(kBatch, (run + bytes - v) / kPage);
-      long got = os::read_pagemap(v, entries, n);
-      if (got <= 0) return;
-      for (long i = 0; i < got; ++i) {
-        if (!(entries[i] >> 63)) continue;
-        const uint64_t pfn = entries[i] & kPfnMask;
-        if (!pfn) continue;
-        frames_visible = true;
-        const uint64_t frame = pfn * kPage, lo = std::max(frame, phys), hi = std::min(frame + kPage, phys_end);
-        if (lo >= hi) continue;
-        const uintptr_t va = v + static_cast<uintptr_t>(i) * kPage + (lo - frame);
-        if (quarantine(va, hi - lo, TIERALLOC_POISON_PHYSICAL) == 0) ++found;
-        else ++failed;
-      }
-      v += static_cast<uintptr_t>(got) * kPage;
-    }
+  for_each_managed_frame([&](uintptr_t page, uint64_t frame) {
+    if (!frame) return;
+    frames_visible = true;
+    const uint64_t lo = std::max(frame, phys), hi = std::min(frame + kPage, phys_end);
+    if (lo >= hi) return;
+    if (quarantine(page + (lo - frame), hi - lo, TIERALLOC_POISON_PHYSICAL) == 0) ++found;
+    else ++failed;
   });
   if (found) return 0;
   errno = failed ? ENOSPC : frames_visible ? ENOENT : EPERM;
   return -1;
+}
+
+extern "C" int tieralloc_poison_scan(void) {
+  alloc::heap_init();
+  if (!g_filters_installed.load(std::memory_order_acquire)) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  if (g_journal_on.load(std::memory_order_relaxed)) ensure_worker();
+  const std::vector<BadRange> bad = load_known_bad();
+  const ApplyResult r = apply_known_bad(bad);
+  if (!r.moved && !r.quarantined && r.frames_hidden) {
+    errno = EPERM;
+    return -1;
+  }
+  return static_cast<int>(r.moved + r.quarantined);
 }
 
 extern "C" int tieralloc_poison_check(const void* addr, size_t len) {
@@ -662,27 +1128,14 @@ extern "C" int tieralloc_repair_write(void* dst, const void* src, size_t len) {
 
 extern "C" int tieralloc_set_poison_handler(void (*fn)(const struct tieralloc_poison_event*, void*), void* arg) {
   alloc::heap_init();
-  const pid_t me = getpid();
-  bool start = false;
   {
     os::SignalSafeLock lock(g_lock);
     g_handler = fn;
     g_handler_arg = arg;
-    if (fn && g_handler_thread_pid != me) {
-      g_handler_thread_pid = me;
-      start = true;
-    }
   }
-  if (start) {
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, delivery_thread, nullptr);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
+  if (fn) {
+    if (int rc = ensure_worker(); rc != 0) {
       os::SignalSafeLock lock(g_lock);
-      g_handler_thread_pid = 0;
       g_handler = nullptr;
       errno = rc;
       return -1;

@@ -27,6 +27,12 @@ inline bool anything_quarantined() { return g_quarantined_pages.load(std::memory
 // false (TIERALLOC_POISON=off). Once; later calls do nothing.
 void init(bool enabled);
 
+// After init: the quarantine journal at `journal_path` ("" = none) and the nvdimm badblocks lists
+// (through TIERALLOC_FSROOT) are read, resident pages tieralloc manages on frames they name are
+// moved off them (tieralloc_poison_scan), and the worker thread that writes the journal starts.
+// Called from the library's constructor, before other threads exist.
+void start(const std::string& journal_path);
+
 // True when [addr, addr+len) touches a quarantined page. Lock-free, async-signal-safe.
 bool overlaps_quarantine(const void* addr, size_t len);
 

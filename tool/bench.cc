@@ -55,13 +55,9 @@ using Clock = std::chrono::steady_clock;
 const char* const kWorkloads[] = {"latency", "bandwidth", "gups", "kv", "redis", "compare"};
 using bench::kPlacements;
 constexpr uint64_t kMiB = uint64_t{1} << 20;
-// What libtieralloc holds on the fast tier before a program allocates anything (its first jemalloc
-// extents); fast-tier budgets add it, so that "a quarter of the data" is a quarter of the data.
-constexpr uint64_t kLibraryStart = 8 * kMiB;
-// Room on each tier for latency and bandwidth, which are not about budgets, per byte they allocate:
-// jemalloc maps address space in geometrically growing steps that it retains, and a tier's usage
-// counts what is mapped, so a 64 MiB array can take a 128 MiB step; and the library's first extents.
-constexpr uint64_t kTierRoom = 3;
+// Room on each tier for latency and bandwidth, which are not about budgets, besides their arrays:
+// the worker's own small allocations and jemalloc's page of padding per large block.
+constexpr uint64_t kTierSlack = 64 * kMiB;
 
 constexpr const char* kUsage =
     "usage: tieralloc bench WORKLOAD [options]\n"
@@ -438,7 +434,7 @@ std::vector<Run> latency_runs(const Setup& s, const Params& p) {
     runs.push_back(Run{"latency " + t,
                        {"latency", "--target", t, "--size", std::to_string(p.latency_size), "--seconds", num(secs),
                         "--delay-ns", num(p.slow_delay_ns)},
-                       run_env(s, kTierRoom * p.latency_size + 256 * kMiB, kTierRoom * p.latency_size + 256 * kMiB, false),
+                       run_env(s, p.latency_size + kTierSlack, p.latency_size + kTierSlack, false),
                        secs + static_cast<double>(p.latency_size) / (200 * kMiB)});
   return runs;
 }
@@ -451,7 +447,7 @@ std::vector<Run> bandwidth_runs(const Setup& s, const Params& p) {
       runs.push_back(Run{"bandwidth " + t + " " + std::to_string(th) + " thread" + (th > 1 ? "s" : ""),
                          {"bandwidth", "--target", t, "--size", std::to_string(p.bandwidth_size), "--threads",
                           std::to_string(th), "--seconds", num(secs)},
-                         run_env(s, 3 * kTierRoom * p.bandwidth_size + 256 * kMiB, 3 * kTierRoom * p.bandwidth_size + 256 * kMiB, false),
+                         run_env(s, 3 * p.bandwidth_size + kTierSlack, 3 * p.bandwidth_size + kTierSlack, false),
                          3 * secs + static_cast<double>(p.bandwidth_size) / (300 * kMiB)});
   return runs;
 }
@@ -461,7 +457,7 @@ std::vector<Run> gups_runs(const Setup& s, const Params& p, double default_secon
   double secs = p.seconds.value_or(p.quick ? 1.0 : default_seconds);
   std::vector<Run> runs;
   for (const auto& pl : p.placements) {
-    uint64_t fast = pl == "all-fast" ? 2 * p.ws + 64 * kMiB : p.ws / 4 + kLibraryStart;
+    uint64_t fast = pl == "all-fast" ? 2 * p.ws + 64 * kMiB : p.ws / 4;
     runs.push_back(Run{"gups " + pl,
                        {"gups", "--placement", pl, "--seconds", num(secs), "--ws", std::to_string(p.ws), "--delay-ns",
                         num(p.slow_delay_ns)},
@@ -478,7 +474,7 @@ std::vector<Run> kv_runs(const Setup& s, const Params& p, const std::vector<std:
   std::vector<Run> runs;
   for (const auto& mix : mixes)
     for (const auto& pl : p.placements) {
-      uint64_t fast = pl == "all-fast" ? 2 * (values + index) + 64 * kMiB : values / 4 + index + p.records * 8 + kLibraryStart;
+      uint64_t fast = pl == "all-fast" ? 2 * (values + index) + 64 * kMiB : values / 4 + index + p.records * 8;
       runs.push_back(Run{"kv " + mix + " " + pl,
                          {"kv", "--placement", pl, "--mix", mix, "--records", std::to_string(p.records), "--seconds",
                           num(secs), "--delay-ns", num(p.slow_delay_ns), "--cold-share", num(p.cold_share), "--replace",

@@ -9,6 +9,7 @@
 #include "alloc/options.h"
 #include "numa/topology.h"
 #include "tool/bench.h"
+#include "tool/poison.h"
 #include "tool/run.h"
 
 namespace {
@@ -23,6 +24,8 @@ constexpr const char* kUsage =
     "  bench WORKLOAD [options]           what each placement costs here: latency, bandwidth, gups, kv,\n"
     "                                     redis, compare (all but redis); `tieralloc bench --help`\n"
     "  bench diff A.json B.json           ratio of every figure of two bench results\n"
+    "  poison list|scan|report|clear      the quarantine journal and the nvdimm badblocks lists;\n"
+    "                                     `tieralloc poison --help`\n"
     "  help                               this text\n";
 
 void print_environment(FILE* out) {
@@ -60,6 +63,7 @@ int main(int argc, char** argv) {
   std::vector<std::string_view> args(argv + 2, argv + argc);
   if (cmd == "topology") return cmd_topology(args);
   if (cmd == "bench") return tieralloc::tool::cmd_bench(args);
+  if (cmd == "poison") return tieralloc::tool::cmd_poison(args);
   if (cmd == "run") return tieralloc::tool::cmd_run(args, usage_error);
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
     std::fputs(kUsage, stdout);

@@ -85,6 +85,8 @@ struct tieralloc_range {
 #define TIERALLOC_POISON_FOUND 2    /* SIGBUS BUS_MCEERR_AO: a scrubber found it first */
 #define TIERALLOC_POISON_REPORTED 3 /* tieralloc_poison_report */
 #define TIERALLOC_POISON_PHYSICAL 4 /* tieralloc_poison_report_phys */
+#define TIERALLOC_POISON_KNOWN 5    /* a frame the quarantine journal or an nvdimm badblocks list names,
+                                       found unreadable while moving a page off it */
 
 struct tieralloc_poison_event {
   void *addr;      /* the poisoned range, cacheline-aligned */
@@ -118,6 +120,15 @@ ssize_t tieralloc_recovery_read(void *dst, const void *src, size_t len, struct t
 int tieralloc_repair_write(void *dst, const void *src, size_t len);
 /* Bytes of memory taken out of service (whole pages). */
 size_t tieralloc_quarantined_bytes(void);
+/* Known-bad memory: the quarantine journal (TIERALLOC_QUARANTINE_FILE) and the nvdimm badblocks
+ * lists name physical ranges. At start-up, and again on this call, every resident page tieralloc
+ * manages whose frame lies in one is moved to a fresh frame at the same address (its data
+ * kept; lines that cannot be read are quarantined instead), and the bad frame is held by the
+ * process, inaccessible, so that nothing else is given it while the process lives. Returns the
+ * number of pages moved or quarantined, or -1 + errno: EPERM (frame numbers are hidden from this
+ * process: /proc/self/pagemap needs CAP_SYS_ADMIN), ENOTSUP (TIERALLOC_POISON=off: pages are
+ * then moved at start-up only, before other threads can touch them). */
+int tieralloc_poison_scan(void);
 /* Calls fn(event, arg) for every poison report, on a thread of tieralloc's (never inside a signal
  * handler); reports made before a handler was set are queued and delivered then. NULL stops
  * delivery. After fork, the child sets its handler again. 0, or -1 + errno. */

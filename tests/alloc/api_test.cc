@@ -92,6 +92,10 @@ TEST(Placement, JemallocRunsWithTierallocsConfiguration) {
   size_t tcache_max = 0, sz = sizeof tcache_max;
   ASSERT_EQ(mallctl("opt.tcache_max", &tcache_max, &sz, nullptr, 0), 0);
   EXPECT_EQ(tcache_max, size_t{1} << 20);
+  uint64_t gc_incr = 0;
+  sz = sizeof gc_incr;
+  ASSERT_EQ(mallctl("opt.tcache_gc_incr_bytes", &gc_incr, &sz, nullptr, 0), 0);
+  EXPECT_EQ(gc_incr, uint64_t{4} << 20);
 }
 
 TEST(Placement, HintsPickFastestAndSlowest) {
@@ -144,12 +148,49 @@ TEST(Budget, StrictFailsWithEnomemAndNonStrictFallsBack) {
   }
   EXPECT_EQ(errno, ENOMEM);
   EXPECT_FALSE(blocks.empty());
+  // It failed because the tier is full, not because of address space jemalloc keeps in reserve
+  // or cached memory the process freed: what the tier holds leaves no room for one more block.
+  struct tieralloc_tier_info fast;
+  ASSERT_EQ(tieralloc_tier_info(0, &fast), 0);
+  EXPECT_GT(fast.used_bytes + (4 << 20), fast.limit_bytes) << "strict request refused with room left on the tier";
   void* q = tieralloc_mallocx(4 << 20, TIERALLOC_TIER(0));
   ASSERT_NE(q, nullptr);
   std::memset(q, 2, 4 << 20);
   EXPECT_EQ(tieralloc_tier_of(q), 1) << "non-strict request should fall back to tier 1";
   tieralloc_free(q);
   for (void* b : blocks) tieralloc_free(b);
+}
+
+// A tier's usage is the memory committed on it, not address space jemalloc maps ahead or keeps
+// after a free, so a tier freed of its blocks has its room back, and one strict block can take it.
+TEST(Budget, FreedTierHasItsRoomBack) {
+  if (!emulated()) GTEST_SKIP() << "needs a bounded tier: run by the emulated instance";
+  struct tieralloc_tier_info fast;
+  ASSERT_EQ(tieralloc_tier_info(0, &fast), 0);
+  std::vector<void*> blocks;
+  for (size_t i = 0; i < fast.limit_bytes / 2 / (3 << 20); ++i) {
+    blocks.push_back(tieralloc_mallocx(3 << 20, TIERALLOC_TIER(0) | TIERALLOC_STRICT));
+    ASSERT_NE(blocks.back(), nullptr);
+    std::memset(blocks.back(), 1, 3 << 20);
+  }
+  for (void* b : blocks) tieralloc_free(b);
+  // What jemalloc caches after those frees still counts (it holds the memory) until a strict
+  // request that needs it makes jemalloc give it back, as this impossible one does.
+  ASSERT_EQ(tieralloc_mallocx(size_t{1} << 40, TIERALLOC_TIER(0) | TIERALLOC_STRICT), nullptr);
+  ASSERT_EQ(tieralloc_tier_info(0, &fast), 0);
+  EXPECT_LT(fast.used_bytes, size_t{4} << 20) << "the tier still counts memory freed back to it";
+  // Room left, less the slack jemalloc may add: a page of padding, and one size class step
+  // (classes are four per doubling, so at most 25%) for a request that is not a class itself.
+  const size_t room = fast.limit_bytes - fast.used_bytes;
+  const size_t request = room / 5 * 4 - (64 << 10);
+  void* block = tieralloc_mallocx(request, TIERALLOC_TIER(0) | TIERALLOC_STRICT);
+  ASSERT_NE(block, nullptr) << "strict " << request << " bytes refused with " << room << " bytes of room";
+  std::memset(block, 3, request);
+  EXPECT_EQ(tieralloc_tier_of(block), 0);
+  EXPECT_EQ(tieralloc_tier_of(static_cast<char*>(block) + request - 1), 0);
+  ASSERT_EQ(tieralloc_tier_info(0, &fast), 0);
+  EXPECT_LE(fast.used_bytes, fast.limit_bytes);
+  tieralloc_free(block);
 }
 
 TEST(Flags, AlignmentAndZeroing) {

@@ -35,6 +35,39 @@ std::string describe(const std::map<int, size_t>& h) {
   return s;
 }
 
+// Nodes of [p, p+len) page by page, in address order, as runs: "node0 x256, node1 x1".
+std::string describe_runs(const void* p, size_t len) {
+  std::string s;
+  std::vector<int> nodes = tieralloc::guest::page_nodes(p, len);
+  for (size_t i = 0, j; i < nodes.size(); i = j) {
+    for (j = i; j < nodes.size() && nodes[j] == nodes[i]; ++j) {
+    }
+    s += (s.empty() ? "" : ", ") + ("node" + std::to_string(nodes[i])) + " x" + std::to_string(j - i);
+  }
+  return s;
+}
+
+// The kernel's mappings (with their NUMA policies) that overlap [p - 2 MiB, p + len + 2 MiB).
+std::string numa_maps_near(const void* p, size_t len) {
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(p) - (2 << 20), hi = reinterpret_cast<uintptr_t>(p) + len + (2 << 20);
+  std::ifstream maps("/proc/self/numa_maps");
+  std::string line, out;
+  while (std::getline(maps, line)) {
+    uintptr_t start = std::stoull(line.substr(0, line.find(' ')), nullptr, 16);
+    if (start >= lo && start < hi) out += "\n    " + line;
+  }
+  return out;
+}
+
+// A line of /sys/devices/system/node/nodeN/meminfo ("Node 0 MemFree: 123 kB").
+std::string node_meminfo(int node, const std::string& field) {
+  std::ifstream f("/sys/devices/system/node/node" + std::to_string(node) + "/meminfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.find(" " + field + ":") != std::string::npos) return line;
+  return "no " + field;
+}
+
 // Every page of [p, p+len) is on one of `nodes`, by both kernel interfaces.
 ::testing::AssertionResult on_nodes(const void* p, size_t len, const std::set<int>& nodes) {
   auto h = node_histogram(p, len);
@@ -151,11 +184,14 @@ TEST_F(Budget, FillsTierZeroThenSpillsToTheNextNode) {
     blocks.push_back(p);
   }
   size_t fast_blocks = 0, spilled = 0;
-  for (auto* p : blocks) {
-    auto h = node_histogram(p, block);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    auto h = node_histogram(blocks[i], block);
     if (h.size() == 1 && tier_nodes(0).count(h.begin()->first)) ++fast_blocks;
     else if (h.size() == 1 && tier_nodes(1).count(h.begin()->first)) ++spilled;
-    else ADD_FAILURE() << "block split or misplaced: " << describe(h);
+    else
+      ADD_FAILURE() << "block " << i << " of " << blocks.size() << " at " << static_cast<void*>(blocks[i]) << " (tier "
+                    << tieralloc_tier_of(blocks[i]) << ") split or misplaced: " << describe_runs(blocks[i], block) << "; mappings near it:"
+                    << numa_maps_near(blocks[i], block) << "\n  node 0: " << node_meminfo(0, "MemFree");
   }
   EXPECT_GT(fast_blocks, 0u);
   EXPECT_GE(spilled, blocks.size() / 2) << "most of 3x the budget must spill";

@@ -154,9 +154,9 @@ class Migration : public ::testing::Test {
     ASSERT_EQ(tieralloc_tier_info(0, &fast), 0);
     ASSERT_NE(fast.limit_bytes, UINT64_MAX) << "run with TIERALLOC_FAST_LIMIT set";
 
-    // Sizes from the budget and what tier 0 already holds (the library's own start-up memory, a
-    // dozen MiB of mostly untouched address space, more in some runs): the cold set as large as
-    // still lands on tier 0 beside it (jemalloc maps more than asked, in size classes), and the
+    // Sizes from the budget and what tier 0 already holds (the test framework's memory, well
+    // under a MiB): the cold set as large as still lands on tier 0 beside it (jemalloc commits a
+    // page of padding per large block), and the
     // hot set so that tier 0 can hold it once the cold memory has left but not before. The engine
     // then has to shed about as much as the cold set from tier 0.
     const size_t used0 = fast.used_bytes, limit = fast.limit_bytes, high = limit / 100 * 95;

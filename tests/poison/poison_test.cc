@@ -22,6 +22,12 @@
 #include "tests/support/stats_json.h"
 #include "tieralloc/tieralloc.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+// ASan installs its own SIGSEGV/SIGBUS reporters before main; tieralloc would rightly chain to
+// them as the previous disposition, but these tests check the kernel's default actions.
+extern "C" const char* __asan_default_options() { return "handle_segv=0:handle_sigbus=0"; }
+#endif
+
 namespace {
 
 using tieralloc::testing::in_child;

@@ -15,8 +15,7 @@ import threading
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from preload_common import (Server, TestFailure, check, check_stats, fail, free_port, log, main, preload_env,
-                            require_program, tail, wait_port)
+from preload_common import check, check_stats, fail, log, main, preload_env, require_program, with_server
 
 NKEYS = 5000
 NCONN = 4
@@ -167,32 +166,20 @@ def exercise(port):
 def body(lib, work):
     memcached = require_program("memcached")
     stats = os.path.join(work, "stats.json")
-    for attempt in range(3):
-        port = free_port()
-        logfile = os.path.join(work, f"memcached-{attempt}.log")
+    def command(port):
         cmd = [memcached, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-t", "4"]
-        if os.geteuid() == 0:
-            cmd += ["-u", "root"]  # memcached refuses to run as root otherwise
-        server = Server(cmd, preload_env(lib, stats), logfile, "memcached")
-        try:
-            try:
-                wait_port(port, server.proc, 30, "memcached", logfile)
-            except TestFailure:
-                if "Address already in use" in server.log_text() and attempt < 2:
-                    continue  # lost a race for the port
-                raise
-            exercise(port)
-            server.proc.send_signal(signal.SIGTERM)
-            rc = server.wait_exit(30)
-            check(rc is not None, "memcached still running 30 s after SIGTERM")
-            check(rc == 0, f"memcached exited with status {rc} after SIGTERM")
-            break
-        except TestFailure as e:
-            fail(f"{e}\nmemcached log:\n{tail(server.log_text())}")
-        finally:
-            server.stop()
+        return cmd + (["-u", "root"] if os.geteuid() == 0 else [])  # memcached refuses root otherwise
+
+    def use(port, server):
+        exercise(port)
+        server.proc.send_signal(signal.SIGTERM)
+        rc = server.wait_exit(30)
+        check(rc is not None, "memcached still running 30 s after SIGTERM")
+        check(rc == 0, f"memcached exited with status {rc} after SIGTERM")
+
+    with_server("memcached", command, preload_env(lib, stats), work, use)
     # Slab pages holding ~20 MB of values must have come from tieralloc.
-    check_stats(stats, "memcached", min_used_bytes=16 << 20)
+    check_stats(stats, "memcached", min_peak_bytes=16 << 20)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def body(lib, work):
         got = p.stdout.decode()
         check(got == expected, f"{what}: output differs from the run without preload\n"
               f"expected:\n{expected}\ngot:\n{got}\nstderr:\n{p.stderr.decode(errors='replace')}")
-        doc = check_stats(stats, what, min_used_bytes=16 << 20, emulated=tiers is not None)
+        doc = check_stats(stats, what, min_peak_bytes=16 << 20, emulated=tiers is not None)
         if tiers:
             t = doc["tiers"]
             check(len(t) == 2 and t[0]["limit_bytes"] == 16 << 20,

@@ -17,8 +17,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from preload_common import (Server, TestFailure, check, check_stats, fail, free_port, log, main,
-                            preload_env, require_program, run, tail, wait_port)
+from preload_common import check, check_stats, log, main, preload_env, require_program, run, tail, with_server
 
 NSTRINGS = 4000
 NLISTS = 200
@@ -158,27 +157,12 @@ def exercise(lib, work, port, server):
 def body(lib, work):
     server_bin = require_program("redis-server")
     stats = os.path.join(work, "server-stats.json")
-    for attempt in range(3):
-        port = free_port()
-        logfile = os.path.join(work, f"redis-{attempt}.log")
-        server = Server([server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                         "--daemonize", "no", "--dir", work, "--logfile", ""],
-                        preload_env(lib, stats), logfile, "redis-server")
-        try:
-            try:
-                wait_port(port, server.proc, 30, "redis-server", logfile)
-            except TestFailure:
-                if "Address already in use" in server.log_text() and attempt < 2:
-                    continue  # lost a race for the port
-                raise
-            exercise(lib, work, port, server)
-            break
-        except TestFailure as e:
-            fail(f"{e}\nredis-server log:\n{tail(server.log_text())}")
-        finally:
-            server.stop()
+    with_server("redis-server",
+                lambda port: [server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                              "--daemonize", "no", "--dir", work, "--logfile", ""],
+                preload_env(lib, stats), work, lambda port, server: exercise(lib, work, port, server))
     # The dataset (~25 MB) must be in tieralloc's tiers: Redis's jemalloc calls reached it.
-    check_stats(stats, "redis-server", min_used_bytes=24 << 20)
+    check_stats(stats, "redis-server", min_peak_bytes=24 << 20)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def stress(lib, work, exe, dso, what, tiers, iters):
     log("  " + p.stdout.decode().strip().replace("\n", "\n  "))
     check(lines(p.stdout, "allocator:") == ["allocator: tieralloc"], f"{what}: tieralloc not loaded")
     check(lines(p.stdout, "ok:"), f"{what}: no summary line:\n{p.stdout.decode()}")
-    doc = check_stats(stats, what, min_used_bytes=8 << 20, emulated=tiers is not None)
+    doc = check_stats(stats, what, min_peak_bytes=8 << 20, emulated=tiers is not None)
     if tiers:
         check(doc["tiers"][1]["extents"] > 0, f"{what}: nothing spilled to the slow tier: {doc['tiers']}")
 

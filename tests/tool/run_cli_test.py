@@ -2,6 +2,7 @@
 """`tieralloc run` as a user runs it: the program's output is unchanged, --stats reports per-tier
 usage (with spill to the slow tier past --fast-limit) and the tiering engine's state in words, bad
 configuration warns and still runs the program, and usage errors exit 2 / a missing program 127."""
+import json
 import os
 import random
 import subprocess
@@ -26,14 +27,27 @@ with tempfile.TemporaryDirectory() as d:
     check(r.returncode == 0, "run: exit status of the program (0)")
     check(r.stdout == plain.stdout, "run: sort output identical to sort without tieralloc")
     check("per-tier usage at exit (EMULATED tiers)" in err, "run --stats: per-tier table on stderr, says EMULATED")
-    slow_line = [l for l in err.splitlines() if l.startswith("tieralloc:   1 ")]
-    check(bool(slow_line) and " 0 B " not in slow_line[0].split("limit")[0][:40],
-          "run: past the 8M fast budget, memory spilled to tier 1: %s" % (slow_line[0] if slow_line else "no tier-1 line"))
+    # Columns: tier, kind, used, peak, limit... (sizes are two words each: "80.0 MiB").
+    slow_line = [l.split() for l in err.splitlines() if l.startswith("tieralloc:   1 ")]
+    slow_peak = " ".join(slow_line[0][5:7]) if slow_line else "no tier-1 line"
+    check(slow_peak not in ("0 B", "no tier-1 line"),
+          "run: past the 8M fast budget, memory spilled to tier 1 (its peak: %s)" % slow_peak)
 
     stats_path = os.path.join(d, "stats.json")
     r = subprocess.run([tool, "run", "--stats=" + stats_path, "--", "sort", data], capture_output=True, env=env, timeout=120)
     check(r.returncode == 0 and os.path.getsize(stats_path) > 0 and '"used_bytes"' in open(stats_path).read(),
           "run --stats=PATH writes the JSON there")
+
+    # A program that allocates next to nothing costs the fast tier next to nothing: jemalloc's
+    # metadata (mapped in 2 MiB blocks, mostly untouched) is reported apart, not charged.
+    idle_path = os.path.join(d, "idle.json")
+    r = subprocess.run([tool, "run", "--tiers", "emulate:fast=8M,slow=1G", "--stats=" + idle_path, "--", "true"],
+                       capture_output=True, env=env, timeout=60)
+    idle = json.load(open(idle_path)) if r.returncode == 0 and os.path.exists(idle_path) else {}
+    idle_fast = idle.get("tiers", [{}])[0].get("used_bytes")
+    check(idle_fast is not None and idle_fast < (1 << 20) and idle.get("jemalloc", {}).get("metadata_bytes", 0) > 0,
+          "run -- true: under 1 MiB of the fast tier at exit (%s bytes), metadata reported apart (%s bytes)"
+          % (idle_fast, idle.get("jemalloc", {}).get("metadata_bytes")))
 
 # The engine's state in words at exit, beside the per-tier table: off and why, then running with
 # the sampler (sleep hands no heap memory to the kernel, so the sampler's EFAULT limit is moot).
