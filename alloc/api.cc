@@ -8,6 +8,7 @@
 
 #include "alloc/heap.h"
 #include "alloc/process_topology.h"
+#include "alloc/sites.h"
 #include "tieralloc/tieralloc.h"
 #include "tiering/engine.h"
 
@@ -49,6 +50,17 @@ void report_foreign(const char* fn, const void* ptr) {
   }
 }
 
+// A request without a placement, with allocation sites on (alloc/sites.h): placed by its site's
+// class like a plain malloc. Flags that name a tier, hot or cold override the site.
+__attribute__((noinline)) void* mallocx_by_site(size_t size, const Request& r, uintptr_t site) {
+  bool sampled;
+  int tier = site_decide(size, site, &sampled);
+  void* p = tier >= 0 ? site_alloc(size, tier, r.zero, r.alignment) : nullptr;
+  if (!p) p = heap_alloc(size, r);
+  if (sampled) site_record(site, p, size);
+  return p;
+}
+
 }  // namespace
 }  // namespace tieralloc::alloc
 
@@ -57,12 +69,15 @@ using namespace tieralloc::alloc;
 extern "C" void* tieralloc_mallocx(size_t size, int flags) {
   Request r;
   if (!decode(flags, &r)) return nullptr;
+  if (r.tier < 0 && __builtin_expect(site_mode() != 0, 0))
+    return mallocx_by_site(size, r, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
   return heap_alloc(size, r);
 }
 
 extern "C" void* tieralloc_reallocx(void* ptr, size_t size, int flags) {
   Request r;
   if (!decode(flags, &r)) return nullptr;
+  if (site_mode() && ptr) site_forget(ptr);  // as realloc does (alloc/preload.cc)
   void* q = heap_realloc(ptr, size, r);
   if (!q && errno == EINVAL) report_foreign("tieralloc_reallocx", ptr);
   return q;
@@ -71,6 +86,7 @@ extern "C" void* tieralloc_reallocx(void* ptr, size_t size, int flags) {
 extern "C" void tieralloc_free(void* ptr) {
   if (!ptr) return;
   heap_init();
+  if (site_mode()) site_forget(ptr);  // a freed sample is no longer its site's (alloc/sites.h)
   if (!heap_free(ptr)) {
     report_foreign("tieralloc_free", ptr);
     errno = EINVAL;

@@ -25,6 +25,11 @@ const std::vector<OptionDoc>& option_docs() {
        "that writes into a page under sampling (read(2) into a heap buffer) fails with EFAULT"},
       {"TIERALLOC_MIGRATE_RATE", "SIZE",
        "bytes per second the tiering engine may migrate (K/M/G suffixes; default 256M)"},
+      {"TIERALLOC_SITE_SAMPLE", "SIZE|0",
+       "allocation-site heat: one allocation sampled per SIZE bytes allocated on average (default 512K, "
+       "4K to 1G; 0 = off); the tiering engine credits sampled objects' heat to their call sites, and "
+       "plain allocations from sites found hot start on the fast tier, from sites found cold on the "
+       "slowest. Only while the engine has a heat source (TIERALLOC_SAMPLER)"},
       {"TIERALLOC_POISON", "on|off",
        "on (default): machine-check SIGBUS (BUS_MCEERR_AR/AO) on tieralloc's memory quarantines the bad "
        "cachelines, and faults on quarantined pages reach tieralloc first (the application's own "
@@ -88,6 +93,13 @@ Options options_from_env(std::vector<std::string>& warnings) {
     else
       warnings.push_back("TIERALLOC_MIGRATE_RATE='" + std::string(v) +
                          "' is not a rate in bytes per second of at least 4K (like 64M); using 256M");
+  }
+  if (const char* v = secure_getenv("TIERALLOC_SITE_SAMPLE"); v && *v) {
+    auto bytes = os::parse_size(os::trim(v));
+    if (bytes && (*bytes == 0 || (*bytes >= 4096 && *bytes <= (uint64_t{1} << 30)))) o.site_sample_bytes = *bytes;
+    else
+      warnings.push_back("TIERALLOC_SITE_SAMPLE='" + std::string(v) +
+                         "' is not 0 or a size from 4K to 1G (like 512K); using 512K");
   }
   if (const char* v = secure_getenv("TIERALLOC_POISON"); v && *v) {
     std::string_view s = os::trim(v);

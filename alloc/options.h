@@ -23,6 +23,9 @@ struct Options {
   double sampler_cpu_percent = 0;
   // TIERALLOC_MIGRATE_RATE: bytes per second the engine may move.
   uint64_t migrate_rate = uint64_t{256} << 20;
+  // TIERALLOC_SITE_SAMPLE: mean bytes allocated between two allocation-site samples (alloc/sites.h);
+  // 0 = no allocation-site heat. Used only while the tiering engine has a heat source.
+  uint64_t site_sample_bytes = uint64_t{512} << 10;
   // TIERALLOC_POISON: take machine-check SIGBUS and stray accesses to quarantined pages (on), or
   // leave SIGBUS/SIGSEGV to the application and the kernel (off; the API still quarantines).
   bool poison = true;

@@ -14,6 +14,7 @@
 #include "alloc/heap.h"
 #include "alloc/options.h"
 #include "alloc/process_topology.h"
+#include "alloc/sites.h"
 #include "os/fs.h"
 #include "poison/poison.h"
 #include "tiering/engine.h"
@@ -23,6 +24,11 @@
 // always) the wrapper is a test of one global and a tail call into jemalloc's own fast path; while
 // something is, the poison slow path keeps quarantined pages from being handed out.
 #define TIERALLOC_QUARANTINE_ACTIVE() __builtin_expect(tieralloc::poison::anything_quarantined(), 0)
+// Allocation sites (alloc/sites.h): one word, 0 unless the tiering engine has a heat source. When it
+// is set, malloc, calloc and the unaligned operator new count down to the next sample inline and
+// go through an out-of-line function for a sample or, once sites have classes, the class lookup.
+#define TIERALLOC_SITES_ACTIVE() __builtin_expect(tieralloc::alloc::site_mode() != 0, 0)
+#define TIERALLOC_CALLER() reinterpret_cast<uintptr_t>(__builtin_return_address(0))
 
 extern "C" {
 void* tl_je_malloc(size_t size);
@@ -35,14 +41,58 @@ size_t tl_je_xallocx(void* ptr, size_t size, size_t extra, int flags);
 void* tl_je_realloc(void* ptr, size_t size);
 void* tl_je_memalign(size_t alignment, size_t size);
 void* tl_je_aligned_alloc(size_t alignment, size_t size);
+void tl_je_free(void* ptr);
+}
+
+namespace {
+
+using tieralloc::alloc::site_alloc;
+using tieralloc::alloc::site_decide;
+using tieralloc::alloc::site_record;
+
+__attribute__((noinline)) void* malloc_by_site(size_t size, uintptr_t site) {
+  bool sampled;
+  int tier = site_decide(size, site, &sampled);
+  void* p = tier >= 0 ? site_alloc(size, tier, false) : nullptr;
+  if (!p) p = tl_je_malloc(size);
+  if (sampled) site_record(site, p, size);
+  return p;
+}
+
+__attribute__((noinline)) void* calloc_by_site(size_t n, size_t size, uintptr_t site) {
+  size_t bytes;
+  if (__builtin_mul_overflow(n, size, &bytes)) return tl_je_calloc(n, size);  // its ENOMEM
+  bool sampled;
+  int tier = site_decide(bytes, site, &sampled);
+  void* p = tier >= 0 ? site_alloc(bytes, tier, true) : nullptr;
+  if (!p) p = tl_je_calloc(n, size);
+  if (sampled) site_record(site, p, bytes);
+  return p;
+}
+
+}  // namespace
+
+extern "C" {
 
 __attribute__((visibility("default"))) void* malloc(size_t size) {
   if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::malloc_avoiding(size);
+  if (TIERALLOC_SITES_ACTIVE() && !tieralloc::alloc::site_pass(size)) return malloc_by_site(size, TIERALLOC_CALLER());
   return tl_je_malloc(size);
+}
+
+// While sites are on, free goes through alloc/sites: a freed sample is forgotten (its memory is no
+// longer its site's), and while sites steer a block goes back to the thread cache of the arena it
+// came from -- jemalloc's free would put a cold site's block in the default cache, for the next
+// default allocation of its size class from any site. Otherwise free is jemalloc's.
+__attribute__((visibility("default"))) void free(void* ptr) {
+  if (TIERALLOC_SITES_ACTIVE() && !tieralloc::alloc::site_free_plain(ptr)) return tieralloc::alloc::site_free_steered(ptr);
+  tl_je_free(ptr);
 }
 
 __attribute__((visibility("default"))) void* calloc(size_t n, size_t size) {
   if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::calloc_avoiding(n, size);
+  if (TIERALLOC_SITES_ACTIVE() && (n > 0xffffffffu || size > 0xffffffffu || !tieralloc::alloc::site_pass(n * size)))
+    return calloc_by_site(n, size, TIERALLOC_CALLER());
   return tl_je_calloc(n, size);
 }
 
@@ -74,6 +124,8 @@ __attribute__((visibility("default"))) size_t xallocx(void* ptr, size_t size, si
 // jemalloc 5.3.0 returns NULL from a failed realloc without setting errno (fixed upstream after
 // 5.3.0); glibc and POSIX say ENOMEM. The original block is untouched either way.
 __attribute__((visibility("default"))) void* realloc(void* ptr, size_t size) {
+  // A sample may move or be freed (size 0): forgotten either way, as realloc is not sampled.
+  if (TIERALLOC_SITES_ACTIVE() && ptr) tieralloc::alloc::site_forget(ptr);
   void* q = TIERALLOC_QUARANTINE_ACTIVE() ? tieralloc::poison::realloc_avoiding(ptr, size) : tl_je_realloc(ptr, size);
   if (__builtin_expect(!q && size, 0) && errno != EIO) errno = ENOMEM;
   return q;
@@ -161,10 +213,62 @@ __attribute__((noinline)) void* new_avoiding(size_t size, size_t alignment, bool
   if (TIERALLOC_QUARANTINE_ACTIVE()) return new_avoiding(size, align, nothrow); \
   return call
 
-void* operator new(size_t n) { TIERALLOC_NEW(tl_je_Znwm(n), n, 0, false); }
-void* operator new[](size_t n) { TIERALLOC_NEW(tl_je_Znam(n), n, 0, false); }
-void* operator new(size_t n, const std::nothrow_t& t) noexcept { TIERALLOC_NEW(tl_je_ZnwmRKSt9nothrow_t(n, t), n, 0, true); }
-void* operator new[](size_t n, const std::nothrow_t& t) noexcept { TIERALLOC_NEW(tl_je_ZnamRKSt9nothrow_t(n, t), n, 0, true); }
+namespace {
+
+void* je_new_nothrow(size_t n) noexcept { return tl_je_ZnwmRKSt9nothrow_t(n, std::nothrow); }
+void* je_new_array_nothrow(size_t n) noexcept { return tl_je_ZnamRKSt9nothrow_t(n, std::nothrow); }
+
+// The default path (jemalloc's operator, throwing or not) is the fallback, so the new-handler
+// protocol and bad_alloc stay jemalloc's.
+template <void* (*Default)(size_t)>
+__attribute__((noinline)) void* new_by_site(size_t size, uintptr_t site) {
+  bool sampled;
+  int tier = site_decide(size, site, &sampled);
+  void* p = tier >= 0 ? site_alloc(size ? size : 1, tier, false) : nullptr;
+  if (!p) p = Default(size);
+  if (sampled) site_record(site, p, size);
+  return p;
+}
+
+}  // namespace
+
+#define TIERALLOC_NEW_BY_SITE(call, size, nothrow, dflt)                                       \
+  if (TIERALLOC_QUARANTINE_ACTIVE()) return new_avoiding(size, 0, nothrow);                  \
+  if (TIERALLOC_SITES_ACTIVE() && !tieralloc::alloc::site_pass(size))                         \
+    return new_by_site<dflt>(size, TIERALLOC_CALLER());                                       \
+  return call
+
+extern "C" {
+void tl_je_ZdlPv(void*) noexcept;
+void tl_je_ZdaPv(void*) noexcept;
+void tl_je_ZdlPvRKSt9nothrow_t(void*, const std::nothrow_t&) noexcept;
+void tl_je_ZdaPvRKSt9nothrow_t(void*, const std::nothrow_t&) noexcept;
+void tl_je_ZdlPvm(void*, size_t) noexcept;
+void tl_je_ZdaPvm(void*, size_t) noexcept;
+}
+
+// The unaligned operator delete, for the same reason as free (the aligned operator new is never
+// steered, so the aligned deletes stay jemalloc's).
+#define TIERALLOC_DELETE(call, ptr)                                  \
+  if (TIERALLOC_SITES_ACTIVE() && !tieralloc::alloc::site_free_plain(ptr)) \
+    return tieralloc::alloc::site_free_steered(ptr);                           \
+  call
+
+void operator delete(void* p) noexcept { TIERALLOC_DELETE(tl_je_ZdlPv(p), p); }
+void operator delete[](void* p) noexcept { TIERALLOC_DELETE(tl_je_ZdaPv(p), p); }
+void operator delete(void* p, const std::nothrow_t& t) noexcept { TIERALLOC_DELETE(tl_je_ZdlPvRKSt9nothrow_t(p, t), p); }
+void operator delete[](void* p, const std::nothrow_t& t) noexcept { TIERALLOC_DELETE(tl_je_ZdaPvRKSt9nothrow_t(p, t), p); }
+void operator delete(void* p, size_t n) noexcept { TIERALLOC_DELETE(tl_je_ZdlPvm(p, n), p); }
+void operator delete[](void* p, size_t n) noexcept { TIERALLOC_DELETE(tl_je_ZdaPvm(p, n), p); }
+
+void* operator new(size_t n) { TIERALLOC_NEW_BY_SITE(tl_je_Znwm(n), n, false, tl_je_Znwm); }
+void* operator new[](size_t n) { TIERALLOC_NEW_BY_SITE(tl_je_Znam(n), n, false, tl_je_Znam); }
+void* operator new(size_t n, const std::nothrow_t& t) noexcept {
+  TIERALLOC_NEW_BY_SITE(tl_je_ZnwmRKSt9nothrow_t(n, t), n, true, je_new_nothrow);
+}
+void* operator new[](size_t n, const std::nothrow_t& t) noexcept {
+  TIERALLOC_NEW_BY_SITE(tl_je_ZnamRKSt9nothrow_t(n, t), n, true, je_new_array_nothrow);
+}
 void* operator new(size_t n, std::align_val_t a) {
   TIERALLOC_NEW(tl_je_ZnwmSt11align_val_t(n, a), n, static_cast<size_t>(a), false);
 }
@@ -217,7 +321,8 @@ constinit int g_stats_fd = -1;
 
 void write_stats_at_exit() {
   if (std::strcmp(g_stats_dest, "stderr") == 0) {
-    write_all(g_stats_fd >= 0 ? g_stats_fd : STDERR_FILENO, stats_table() + "tieralloc: " + heap_stats_json() + "\n");
+    write_all(g_stats_fd >= 0 ? g_stats_fd : STDERR_FILENO,
+              stats_table() + tiering::engine_status_text() + "tieralloc: " + heap_stats_json() + "\n");
     return;
   }
   int fd = ::open(g_stats_dest, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -244,6 +349,7 @@ __attribute__((constructor(101))) void tieralloc_start() {
   ec.migrate = o.migrate;
   ec.sampler_cpu_percent = o.sampler_cpu_percent;
   ec.migrate_rate = o.migrate_rate;
+  ec.site_sample_bytes = o.site_sample_bytes;
   tiering::engine_start(ec);
   if (!o.stats.empty()) {
     if (o.stats.size() >= sizeof g_stats_dest) {

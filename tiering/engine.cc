@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <new>
 #include <random>
@@ -18,6 +19,8 @@
 #include "alloc/heap.h"
 #include "alloc/pagemap.h"
 #include "alloc/process_topology.h"
+#include "alloc/sites.h"
+#include "os/fs.h"
 #include "os/memory.h"
 #include "tiering/policy.h"
 #include "tiering/sampler.h"
@@ -42,6 +45,16 @@ struct RunRecord {
   uint32_t samples = 0;
   uint32_t moved = PageHeat::kNever;
 };
+
+// What the engine learned of one allocation site (alloc/sites.h), by its slot: first-touch credit and
+// observations, both decayed each policy round so a site's class follows its current behaviour.
+struct SiteRecord {
+  double credit = 0, observations = 0;
+  double hits = 0;           // observations in which the first touch hit the object
+  double expected_hits = 0;  // hits an object of average density would have had
+};
+constexpr double kSiteDecay = 0.98;  // per policy round: about 10 s of memory at 50 ms periods
+constexpr size_t kMaxRunsPerSample = 16;        // a large object is observed through its first 1 MiB
 
 struct Pin {
   uintptr_t start, end;
@@ -73,6 +86,17 @@ struct Engine {
   std::atomic<double> window_us{0};  // adapted so that a useful share of sampled runs is touched
   uint64_t tokens = 0, refilled_ns = 0;
   bool kernel_promotes = false;
+
+  // Allocation sites: the samples (refreshed each policy round), their runs sorted for lookup by
+  // the sampler's results, and what each site earned.
+  std::vector<alloc::SiteSample> samples;
+  std::vector<std::pair<uintptr_t, uint32_t>> sample_runs;  // (run, index in samples)
+  std::vector<uintptr_t> target_runs;  // runs of samples whose sites still lack evidence
+  std::vector<SiteRecord> sites;
+  double base_credit = 0, base_observations = 0, base_touched = 0;
+  SiteRule site_rule;
+  std::atomic<uint32_t> sites_hot{0}, sites_cold{0};
+  std::atomic<uint64_t> site_observations{0};
 
   // Figures for the stats document.
   std::atomic<uint64_t> periods{0}, sampled_runs{0}, touched_runs{0};
@@ -137,6 +161,83 @@ void observe(const Engine& e, RunRecord& r, float score) {
   r.heat = r.samples++ ? (1 - w) * r.heat + w * score : score;
 }
 
+// Credits the sampled objects lying in an observed run (policy.h's site_credit).
+void credit_sites(Engine& e, const RunResult& r, float score) {
+  auto it = std::lower_bound(e.sample_runs.begin(), e.sample_runs.end(), std::make_pair(r.run, uint32_t{0}));
+  for (; it != e.sample_runs.end() && it->first == r.run; ++it) {
+    const alloc::SiteSample& s = e.samples[it->second];
+    double c = site_credit(s.addr, s.size, r.run, kRunBytes, r.fault_addr, score);
+    if (c < 0) continue;
+    SiteRecord& rec = e.sites[s.slot];
+    rec.credit += c, rec.observations += 1, rec.hits += c > 0;
+    // An object of average density is first-touched as often as a random run is touched, times
+    // the share of the run it covers.
+    if (e.base_observations > 0)
+      rec.expected_hits += e.base_touched / e.base_observations * site_share(s.addr, s.size, r.run, kRunBytes);
+    e.site_observations.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+// One policy round for allocation sites: each site's class from its density against the average
+// sampled byte's, the lookup turned on once any site has a class, then the newest samples indexed
+// by run for the next windows.
+void classify_sites(Engine& e) {
+  const double baseline = e.base_observations > 0 ? e.base_credit / e.base_observations : 0;
+  uint32_t hot = 0, cold = 0;
+  for (uint32_t slot = 0; slot < alloc::kSiteSlots; ++slot) {
+    if (!alloc::site_at(slot)) continue;
+    SiteRecord& rec = e.sites[slot];
+    auto now = static_cast<SiteHeat>(alloc::site_class(slot));
+    SiteHeat next = classify_site(now, rec.observations > 0 ? rec.credit / rec.observations : 0, baseline, rec.hits,
+                                  rec.expected_hits, e.site_rule);
+    if (next != now) alloc::site_set_class(slot, static_cast<alloc::SiteClass>(next));
+    hot += next == SiteHeat::kHot;
+    cold += next == SiteHeat::kCold;
+    rec.credit *= kSiteDecay, rec.observations *= kSiteDecay, rec.hits *= kSiteDecay, rec.expected_hits *= kSiteDecay;
+  }
+  e.base_credit *= kSiteDecay, e.base_observations *= kSiteDecay, e.base_touched *= kSiteDecay;
+  e.sites_hot.store(hot, std::memory_order_relaxed);
+  e.sites_cold.store(cold, std::memory_order_relaxed);
+  alloc::sites_set_steering(hot + cold > 0);
+
+  e.samples.resize(alloc::kSiteSamples);
+  e.samples.resize(alloc::site_samples(e.samples.data(), e.samples.size()));
+  e.sample_runs.clear();
+  e.target_runs.clear();
+  for (uint32_t i = 0; i < e.samples.size(); ++i) {
+    const alloc::SiteSample& s = e.samples[i];
+    // Sampling is spent on a site's runs only while it lacks evidence: a site observed often enough
+    // by the random runs costs the run heat nothing.
+    const SiteRecord& rec = e.sites[s.slot];
+    const bool target = rec.hits < 2 * e.site_rule.min_hits && rec.expected_hits < 2 * e.site_rule.min_expected_hits;
+    uintptr_t end = s.addr + std::max<uint32_t>(s.size, 1);
+    uintptr_t run = s.addr & ~(kRunBytes - 1);
+    for (size_t k = 0; k < kMaxRunsPerSample && run < end; ++k, run += kRunBytes) {
+      e.sample_runs.emplace_back(run, i);
+      if (target) e.target_runs.push_back(run);
+    }
+  }
+  std::sort(e.sample_runs.begin(), e.sample_runs.end());
+}
+
+// Adds up to `want` single-run spans over target_runs (not overlapping the first
+// n spans, wholly in memory tieralloc maps); their runs go to `targeted`. Returns how many.
+size_t target_sample_runs(Engine& e, Sampler::Span* spans, size_t n, size_t want, uintptr_t* targeted) {
+  size_t added = 0;
+  for (size_t attempt = 0; attempt < 4 * want && added < want; ++attempt) {
+    uintptr_t run = e.target_runs[e.rng() % e.target_runs.size()];
+    bool overlaps = false;
+    for (size_t k = 0; k < n + added && !overlaps; ++k)
+      overlaps = run < spans[k].addr + spans[k].runs * kRunBytes && spans[k].addr < run + kRunBytes;
+    bool mapped = !overlaps;
+    for (size_t p = 0; p < kRunPages && mapped; ++p) mapped = page_map().get(run + p * 4096).managed();
+    if (!mapped) continue;
+    spans[n + added] = Sampler::Span{run, 1};
+    targeted[added++] = run;
+  }
+  return added;
+}
+
 // One sampling window: arm, wait, disarm, fold the touches into page heat. A touch soon after
 // arming means a hot page: the score grows with log2(window / time to first touch).
 void sample(Engine& e) {
@@ -144,7 +245,15 @@ void sample(Engine& e) {
   static Sampler::Span spans[Sampler::kMaxSpans];
   static RunResult results[Sampler::kMaxRuns];
   size_t want = std::clamp<size_t>(static_cast<size_t>(e.runs_per_period.load()), 1, Sampler::kMaxRuns);
-  size_t n = choose_spans(e, spans, Sampler::kMaxSpans, want);
+  // Up to a quarter of the runs (and of the spans, one run each) go to runs holding samples of
+  // sites that still lack evidence: random runs alone would visit a site's few samples too rarely
+  // to learn its heat in seconds.
+  size_t targets = e.target_runs.empty() ? 0 : std::clamp<size_t>(want / 4, 1, Sampler::kMaxSpans / 4);
+  size_t n = choose_spans(e, spans, Sampler::kMaxSpans - targets, want > targets ? want - targets : 1);
+  static uintptr_t targeted[Sampler::kMaxSpans];
+  size_t ntargeted = target_sample_runs(e, spans, n, std::min(targets, Sampler::kMaxSpans - n), targeted);
+  n += ntargeted;
+  std::sort(targeted, targeted + ntargeted);
   size_t got = 0;
   {
     std::lock_guard<std::mutex> g(e.window_lock);
@@ -163,6 +272,11 @@ void sample(Engine& e) {
       score = 1.0f + static_cast<float>(std::clamp(std::log2(e.window_us.load() / us), 0.0, 11.0));
     }
     observe(e, e.heat[results[i].run], score);
+    credit_sites(e, results[i], score);
+    // The baseline a site is compared with: the density of an average resident byte, from the
+    // runs chosen at random only.
+    if (!std::binary_search(targeted, targeted + ntargeted, results[i].run))
+      e.base_credit += score, e.base_observations += 1, e.base_touched += us != 0;
   }
   // A window in which almost nothing is touched learns nothing; one in which almost everything is
   // cannot tell hot from warm and costs a fault per page. Aim between.
@@ -277,6 +391,7 @@ void* engine_main(void* arg) {
     uint64_t t0 = now_ns();
     if (e.cfg.sampler_cpu_percent > 0) sample(e);
     if (e.cfg.migrate && e.period % kPolicyEvery == 0) migrate(e);
+    if (e.cfg.site_sample_bytes && e.period % kPolicyEvery == 0) classify_sites(e);
     ++e.period;
     e.periods.fetch_add(1, std::memory_order_relaxed);
     uint64_t spent = now_ns() - t0, period = uint64_t{e.cfg.period_ms} * 1000000;
@@ -301,6 +416,8 @@ void atfork_child() {
   new (&g_engine->window_lock) std::mutex();
   g_engine->running = false;
   g_engine->forked_child = true;
+  // No heat source here any more: allocations go straight to jemalloc again.
+  alloc::sites_stop();
 }
 
 }  // namespace
@@ -322,6 +439,7 @@ bool engine_start(const EngineConfig& cfg) {
   e->started_ns = now_ns();
   const numa::Topology& topo = alloc::process_topology();
   e->kernel_promotes = !topo.emulated && topo.kernel.numa_balancing >= 0 && (topo.kernel.numa_balancing & 2);
+  if (cfg.site_sample_bytes && e->sites.empty()) e->sites.resize(alloc::kSiteSlots);
   // The engine's thread takes no asynchronous signals: they belong to the application's threads
   // (a program that sigwait()s in one thread must not see them delivered to ours).
   sigset_t all, old;
@@ -339,11 +457,14 @@ bool engine_start(const EngineConfig& cfg) {
   if (!atfork_registered) pthread_atfork(atfork_prepare, atfork_parent, atfork_child), atfork_registered = true;
   e->running = true;
   g_engine = e;
+  // Sampling starts with the heat source that gives it meaning.
+  alloc::sites_start(cfg.site_sample_bytes);
   return true;
 }
 
 void engine_stop() {
   if (!g_engine || !g_engine->running) return;
+  alloc::sites_stop();
   g_engine->stop = true;
   pthread_join(g_engine->thread, nullptr);
   g_engine->running = false;
@@ -377,6 +498,23 @@ int engine_hint(void* addr, size_t len, int hint) {
   return alloc::heap_move(reinterpret_cast<void*>(start), end - start, tier);
 }
 
+// Appends the "sites" member (allocation-site heat) to a stats object.
+std::string with_sites(const char* object, const Engine* e) {
+  alloc::SiteCounters c = alloc::site_counters();
+  auto u = [](uint64_t v) { return static_cast<unsigned long long>(v); };
+  char buf[512];
+  snprintf(buf, sizeof buf,
+           ", \"sites\": {\"sample_bytes\": %llu, \"tracked\": %u, \"hot\": %u, \"cold\": %u, \"steering\": %s, "
+           "\"sampled_allocations\": %llu, \"remembered_samples\": %llu, \"steered_allocations\": %llu, \"dropped_samples\": %llu, "
+           "\"observations\": %llu}}",
+           u(alloc::sites_sample_bytes()), static_cast<unsigned>(c.tracked), e ? e->sites_hot.load() : 0u,
+           e ? e->sites_cold.load() : 0u, (alloc::site_mode() & alloc::kSiteSteer) ? "true" : "false", u(c.sampled),
+           u(c.remembered), u(c.steered), u(c.dropped), e ? u(e->site_observations.load()) : 0ull);
+  std::string out(object);
+  out.pop_back();  // the object's closing brace
+  return out + buf;
+}
+
 std::string engine_stats_json() {
   const numa::Topology& topo = alloc::process_topology();
   const Engine* e = g_engine;
@@ -385,7 +523,7 @@ std::string engine_stats_json() {
     snprintf(buf, sizeof buf,
              "{\"engine\": \"%s\", \"source\": \"none\", \"kernel\": {\"numa_balancing\": %d, \"demotion_enabled\": %s}}",
              g_off_reason, topo.kernel.numa_balancing, topo.kernel.demotion_enabled ? (*topo.kernel.demotion_enabled ? "true" : "false") : "null");
-    return buf;
+    return with_sites(buf, e);
   }
   double wall_s = static_cast<double>(now_ns() - e->started_ns.load()) / 1e9;
   auto u = [](const std::atomic<uint64_t>& a) { return static_cast<unsigned long long>(a.load(std::memory_order_relaxed)); };
@@ -408,7 +546,58 @@ std::string engine_stats_json() {
            static_cast<unsigned long long>(e->cfg.migrate_rate), topo.kernel.numa_balancing,
            topo.kernel.demotion_enabled ? (*topo.kernel.demotion_enabled ? "true" : "false") : "null",
            e->kernel_promotes ? "true" : "false");
-  return buf;
+  return with_sites(buf, e);
+}
+
+std::string engine_status_text() {
+  const numa::Topology& topo = alloc::process_topology();
+  const Engine* e = g_engine;
+  std::string o;
+  char line[512];
+  if (!e) {
+    // g_off_reason reads "off: why".
+    const char* why = std::strncmp(g_off_reason, "off: ", 5) == 0 ? g_off_reason + 5 : g_off_reason;
+    snprintf(line, sizeof line, "tieralloc: engine: off (%s); heat source: none\n", why);
+    o += line;
+  } else {
+    const char* state = e->running ? "running" : e->forked_child ? "stopped (forked child)" : "stopped";
+    if (e->cfg.sampler_cpu_percent > 0)
+      snprintf(line, sizeof line,
+               "tieralloc: engine: %s; heat source: hinting-fault sampler (%.2f%% of one core budgeted, %.3f%% used); "
+               "migration: %s\n",
+               state, e->cfg.sampler_cpu_percent, e->sampler_cpu_percent.load(),
+               alloc::heap_emulated() ? "page map only (emulated tiers)" : "move_pages");
+    else
+      snprintf(line, sizeof line, "tieralloc: engine: %s; heat source: none\n", state);
+    o += line;
+  }
+  const int nb = topo.kernel.numa_balancing;
+  const char* nb_words = nb < 0 ? "unreadable" : nb == 0 ? "off" : nb == 1 ? "NUMA locality balancing"
+                        : nb == 2 ? "memory tiering: the kernel promotes hot pages" : "locality balancing and memory tiering";
+  const char* demotion = topo.kernel.demotion_enabled ? (*topo.kernel.demotion_enabled ? "on" : "off") : "unknown";
+  snprintf(line, sizeof line, "tieralloc: kernel tiering: numa_balancing=%d (%s), demotion_enabled=%s%s\n", nb, nb_words,
+           demotion, e && e->kernel_promotes ? "; promotion left to the kernel" : "");
+  o += line;
+  if (e) {
+    double wall_s = static_cast<double>(now_ns() - e->started_ns.load()) / 1e9;
+    double cpu_s = static_cast<double>(e->sampler_cpu_ns.load() + e->policy_cpu_ns.load()) / 1e9;
+    snprintf(line, sizeof line,
+             "tieralloc: migrated: %s promoted, %s demoted, %llu pages failed to move (retried later); engine CPU %.3f%% of one core\n",
+             os::format_bytes(e->promoted_bytes.load()).c_str(), os::format_bytes(e->demoted_bytes.load()).c_str(),
+             static_cast<unsigned long long>(e->failed_pages.load()), wall_s > 0 ? 100.0 * cpu_s / wall_s : 0.0);
+    o += line;
+  }
+  alloc::SiteCounters c = alloc::site_counters();
+  if (e && e->cfg.site_sample_bytes)
+    snprintf(line, sizeof line,
+             "tieralloc: allocation sites: %u tracked, %u hot, %u cold; %llu allocations steered, %llu sampled (one per %s)\n",
+             static_cast<unsigned>(c.tracked), e->sites_hot.load(), e->sites_cold.load(), static_cast<unsigned long long>(c.steered),
+             static_cast<unsigned long long>(c.sampled), os::format_bytes(e->cfg.site_sample_bytes).c_str());
+  else
+    snprintf(line, sizeof line, "tieralloc: allocation sites: off (%s)\n",
+             e ? "TIERALLOC_SITE_SAMPLE=0" : "no heat source");
+  o += line;
+  return o;
 }
 
 }  // namespace tieralloc::tiering

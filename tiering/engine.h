@@ -24,6 +24,8 @@ struct EngineConfig {
   // Weight of the newest observation in a run's heat (an exponentially weighted mean over the
   // run's samples): a run found untouched loses this share of its heat each time it is sampled.
   double observation_weight = 0.5;
+  // Mean bytes between allocation-site samples (alloc/sites.h); 0 = no allocation-site heat.
+  uint64_t site_sample_bytes = 0;
 };
 
 // Starts the engine if the configuration and the topology call for it; false if it did not start.
@@ -37,5 +39,9 @@ int engine_hint(void* addr, size_t len, int hint);
 
 // The "tiering" member of tieralloc_stats_json.
 std::string engine_stats_json();
+// The engine's state in words, one "tieralloc: " line per topic, for TIERALLOC_STATS=stderr (and so
+// `tieralloc run --stats`): the heat source or why there is none, the kernel's own tiering, what
+// moved and what failed to, the engine's CPU, allocation sites.
+std::string engine_status_text();
 
 }  // namespace tieralloc::tiering

@@ -131,4 +131,30 @@ Plan plan_moves(std::span<const PageHeat> pages, std::span<const TierBudget> tie
   return plan;
 }
 
+double site_credit(uintptr_t object, size_t object_bytes, uintptr_t run, size_t run_bytes, uintptr_t fault_addr,
+                   float score) {
+  uintptr_t lo = std::max(object, run), hi = std::min(object + object_bytes, run + run_bytes);
+  if (hi <= lo) return -1;
+  if (score <= 0 || fault_addr < lo || fault_addr >= hi) return 0;
+  return static_cast<double>(score) * static_cast<double>(run_bytes) / static_cast<double>(hi - lo);
+}
+
+double site_share(uintptr_t object, size_t object_bytes, uintptr_t run, size_t run_bytes) {
+  uintptr_t lo = std::max(object, run), hi = std::min(object + object_bytes, run + run_bytes);
+  return hi > lo ? static_cast<double>(hi - lo) / static_cast<double>(run_bytes) : 0.0;
+}
+
+SiteHeat classify_site(SiteHeat now, double density, double baseline, double hits, double expected_hits,
+                       const SiteRule& rule) {
+  if (!(baseline > 0)) return now;
+  const double r = density / baseline;
+  const bool hot_evidence = hits >= rule.min_hits, cold_evidence = expected_hits >= rule.min_expected_hits;
+  if (now == SiteHeat::kHot && r >= rule.hot_stay) return SiteHeat::kHot;
+  if (now == SiteHeat::kCold && r <= rule.cold_stay) return SiteHeat::kCold;
+  if (r >= rule.hot_enter && hot_evidence) return SiteHeat::kHot;
+  if (r <= rule.cold_enter && cold_evidence) return SiteHeat::kCold;
+  if (!hot_evidence && !cold_evidence) return now;
+  return SiteHeat::kUnknown;
+}
+
 }  // namespace tieralloc::tiering

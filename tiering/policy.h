@@ -61,4 +61,36 @@ float threshold_for(std::span<const PageHeat> pages, uint64_t capacity_bytes, si
 Plan plan_moves(std::span<const PageHeat> pages, std::span<const TierBudget> tiers, const PolicyConfig& cfg,
                 uint32_t period, uint64_t byte_budget);
 
+// Allocation-site heat (alloc/sites.h). A sampled object is observed whenever the sampler watches a
+// run it lies in: the sampler reports whether the run was touched, how soon (`score`, 0 when
+// untouched) and which byte the first touch hit. The object is credited only when that byte is its
+// own, divided by the share of the run the object covers. Over many observations this estimates
+// the object's access density (first touches per byte) whatever its neighbours are: a cold object
+// beside hot ones earns nothing from their touches, and a small object is not outweighed by a large
+// one of equal density. Returns -1 when the object does not overlap the run.
+double site_credit(uintptr_t object, size_t object_bytes, uintptr_t run, size_t run_bytes, uintptr_t fault_addr,
+                   float score);
+
+// Same values as alloc::SiteClass.
+enum class SiteHeat : uint8_t { kUnknown = 0, kHot = 1, kCold = 2 };
+
+// The share of a run an object covers (0 when it does not overlap it): a first touch landing at
+// random in a run of average density hits the object with this probability.
+double site_share(uintptr_t object, size_t object_bytes, uintptr_t run, size_t run_bytes);
+
+// A site is hot when its sampled bytes are `hot_enter` times denser in first touches than the
+// average resident byte (`baseline`), cold at `cold_enter` times or less; once classed it keeps its
+// class until it crosses the wider `hot_stay` / `cold_stay` bounds (hysteresis). A class is taken
+// only on enough evidence: hot on at least `min_hits` first touches of the site's objects, cold
+// only when a site of average density would have earned `min_expected_hits` or more meanwhile
+// (`expected_hits`) -- a small object is first-touched rarely even when warm, and no hit in a few
+// dozen observations says nothing. On thin evidence a site keeps whatever class it has.
+struct SiteRule {
+  double min_hits = 3, min_expected_hits = 6;
+  double hot_enter = 1.5, hot_stay = 1.2;
+  double cold_enter = 0.5, cold_stay = 0.67;
+};
+SiteHeat classify_site(SiteHeat now, double density, double baseline, double hits, double expected_hits,
+                       const SiteRule& rule = {});
+
 }  // namespace tieralloc::tiering

@@ -13,6 +13,7 @@ struct Slot {
   std::atomic<uintptr_t> run{0};
   std::atomic<uint64_t> armed_ns{0};
   std::atomic<uint32_t> fault_us{0};
+  std::atomic<uintptr_t> fault_addr{0};
 };
 
 constexpr size_t kSlots = 2 * Sampler::kMaxRuns;  // power of two, at most half full
@@ -60,8 +61,10 @@ bool on_fault(int, siginfo_t* info, void*) {
   uint64_t t = now_ns();
   uint64_t us = (t - s->armed_ns.load(std::memory_order_relaxed)) / 1000;
   uint32_t expected = 0;
-  s->fault_us.compare_exchange_strong(expected, us ? static_cast<uint32_t>(us < UINT32_MAX ? us : UINT32_MAX - 1) : 1,
-                                            std::memory_order_relaxed);
+  // Only the first touch is recorded: the run's time and the address it touched go together.
+  if (s->fault_us.compare_exchange_strong(expected, us ? static_cast<uint32_t>(us < UINT32_MAX ? us : UINT32_MAX - 1) : 1,
+                                          std::memory_order_relaxed))
+    s->fault_addr.store(addr, std::memory_order_relaxed);
   // Resumes the access whether or not the engine disarmed the run meanwhile: restoring access
   // twice is harmless, and the run was readable and writable before it was armed.
   restore(run, kRunBytes);
@@ -90,6 +93,7 @@ void Sampler::arm(const Span* spans, size_t n) {
     if (table[i].run.load(std::memory_order_relaxed) == 0) continue;
     table[i].run.store(0, std::memory_order_relaxed);
     table[i].fault_us.store(0, std::memory_order_relaxed);
+    table[i].fault_addr.store(0, std::memory_order_relaxed);
   }
   uint64_t t = now_ns();
   size_t total = 0;
@@ -125,6 +129,7 @@ size_t Sampler::disarm(RunResult* out) {
       RunResult& res = out[n++];
       res.run = spans_[k].addr + r * kRunBytes;
       res.fault_us = s->fault_us.load(std::memory_order_relaxed);
+      res.fault_addr = res.fault_us ? s->fault_addr.load(std::memory_order_relaxed) : 0;
     }
   }
   nspans_ = 0;

@@ -35,8 +35,10 @@ constexpr size_t kRunPages = 16;
 constexpr uintptr_t kRunBytes = kRunPages * 4096;
 
 struct RunResult {
-  uintptr_t run;     // run address (kRunBytes-aligned)
-  uint32_t fault_us; // microseconds from arming to the first touch; 0 = untouched
+  uintptr_t run;        // run address (kRunBytes-aligned)
+  uint32_t fault_us;    // microseconds from arming to the first touch; 0 = untouched
+  uintptr_t fault_addr; // the byte the first touch accessed (0: untouched, or not known), so heat
+                        // can be credited to the object that was touched, not only to its run
 };
 
 class Sampler {

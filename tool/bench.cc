@@ -85,7 +85,10 @@ constexpr const char* kUsage =
     "  --size SIZE          latency buffer; bandwidth array size\n"
     "  --threads N          bandwidth: 1..N threads\n"
     "  --limits LIST        redis: fast-tier limits, e.g. none,64M,16M\n"
-    "  --slow-delay-ns N    emulated tiers: cost of one access to a slow-tier page (default 224)\n";
+    "  --slow-delay-ns N    emulated tiers: cost of one access to a slow-tier page (default 224)\n"
+    "  --cold-share F       kv: a share F (up to 0.95) of the records in a second, archive table that 1%\n"
+    "                       of operations touch, allocated by its own insert path (default 0)\n"
+    "  --replace            kv: an update stores a new copy of the value and frees the old one\n";
 
 int usage(const std::string& msg) {
   fprintf(stderr, "tieralloc bench: %s\n\n%s", msg.c_str(), kUsage);
@@ -146,6 +149,8 @@ struct Params {
   int threads = 0;  // 0: every CPU
   std::vector<std::string> limits{"none", "64M", "16M"};
   double slow_delay_ns = 224;
+  double cold_share = 0;  // kv: share of the records in a second, cold table (bench/worker/kv.cc)
+  bool replace = false;   // kv: updates store a new copy and free the old one
   std::set<std::string> given;  // options the user set, so compare and --quick do not override them
 };
 
@@ -171,6 +176,11 @@ Params parse_params(const std::vector<std::string_view>& args) {
     else if (k == "--threads") p.threads = static_cast<int>(parse_number(val(), 1, "--threads"));
     else if (k == "--limits") p.limits = parse_list(val(), {}, "limit");
     else if (k == "--slow-delay-ns") p.slow_delay_ns = parse_number(val(), 0, "--slow-delay-ns");
+    else if (k == "--cold-share") {
+      p.cold_share = parse_number(val(), 0, "--cold-share");
+      if (p.cold_share > 0.95) throw UsageError("--cold-share: at most 0.95 (the main table needs records)");
+    }
+    else if (k == "--replace") p.replace = true;
     else throw UsageError("unknown option '" + k + "'");
     p.given.insert(k);
   }
@@ -467,7 +477,8 @@ std::vector<Run> kv_runs(const Setup& s, const Params& p, const std::vector<std:
       uint64_t fast = pl == "all-fast" ? 2 * (values + index) + 64 * kMiB : values / 4 + index + p.records * 8;
       runs.push_back(Run{"kv " + mix + " " + pl,
                          {"kv", "--placement", pl, "--mix", mix, "--records", std::to_string(p.records), "--seconds",
-                          num(secs), "--delay-ns", num(p.slow_delay_ns)},
+                          num(secs), "--delay-ns", num(p.slow_delay_ns), "--cold-share", num(p.cold_share), "--replace",
+                          p.replace ? "1" : "0"},
                          run_env(s, fast, 4 * values + 256 * kMiB, pl == "tieralloc"),
                          secs + static_cast<double>(values) / (400 * kMiB)});
     }
@@ -835,7 +846,8 @@ int cmd_bench(const std::vector<std::string_view>& args) {
 
     json params{{"quick", p.quick}, {"placements", p.placements}, {"mixes", p.mixes}, {"records", p.records},
                 {"ws_bytes", p.ws}, {"latency_bytes", p.latency_size}, {"bandwidth_bytes", p.bandwidth_size},
-                {"threads", p.threads}, {"limits", p.limits}, {"slow_delay_ns", p.slow_delay_ns}};
+                {"threads", p.threads}, {"limits", p.limits}, {"slow_delay_ns", p.slow_delay_ns},
+                {"cold_share", p.cold_share}, {"replace", p.replace}};
     if (p.seconds) params["seconds"] = *p.seconds;
     json doc{{"tieralloc_bench", 1},
              {"workload", p.workload},

@@ -71,7 +71,7 @@ int placement_flags(const std::string& placement, size_t i) {
 size_t FastPages::refresh() {
   size_t on_fast = 0;
   for (size_t i = 0; i < pages_.size(); ++i) {
-    bool f = tieralloc_tier_of(pages_[i]) == 0;
+    bool f = tieralloc_tier_of(pages_[i].load(std::memory_order_relaxed)) == 0;
     fast_[i].store(f, std::memory_order_relaxed);
     on_fast += f;
   }

@@ -56,16 +56,21 @@ inline void keep(const T& value) {
 int placement_flags(const std::string& placement, size_t i);
 
 // Which of a set of pages are on the fast tier, refreshed on demand with tieralloc_tier_of. The
-// workloads read it on every access, so it is a plain byte per page, not a system call.
+// workloads read it on every access, so it is a plain byte per page, not a system call. A page may
+// be replaced by another (kv's copy-on-update): its flag is then the old one's until the next
+// refresh, at most one sampling interval of the time line.
 class FastPages {
  public:
-  explicit FastPages(std::vector<const void*> pages) : pages_(std::move(pages)), fast_(pages_.size()) {}
+  explicit FastPages(const std::vector<const void*>& pages) : pages_(pages.size()), fast_(pages.size()) {
+    for (size_t i = 0; i < pages.size(); ++i) pages_[i].store(pages[i], std::memory_order_relaxed);
+  }
   size_t refresh();  // returns how many are on the fast tier
   bool fast(size_t i) const { return fast_[i].load(std::memory_order_relaxed); }
+  void replace(size_t i, const void* page) { pages_[i].store(page, std::memory_order_relaxed); }
   size_t size() const { return pages_.size(); }
 
  private:
-  std::vector<const void*> pages_;
+  std::vector<std::atomic<const void*>> pages_;
   std::vector<std::atomic<uint8_t>> fast_;
 };
 

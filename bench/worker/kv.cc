@@ -7,6 +7,15 @@
 //
 // Per run: operations per second, p50/p99 operation latency (every 8th operation timed), the
 // fraction of operations whose value was on the fast tier, bytes migrated, and a time line.
+//
+// Two options model what many databases hold besides one hot keyspace. --cold-share F puts a share
+// F of the records in a second table, an archive (history, audit log, expired versions) that
+// --cold-ops of the operations touch, uniformly (default 1%); its records are loaded interleaved
+// with the main table's, as an application writes a record and its history entry together, and
+// each table's values are allocated by its own insert path, as a database's tables and logs are.
+// --replace 1 makes every update store a new copy of the value and free the old one, as Redis's
+// SET, memcached's set and multi-version stores do, instead of overwriting it in place. Both off by
+// default: one table, in-place updates.
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -81,24 +90,55 @@ class Index {
   std::vector<Slot, tieralloc::allocator<Slot>> slots_;
 };
 
+// The two tables' insert paths, one call site each, as in a database whose tables are written by
+// different code. Kept apart on purpose: noipa stops the compiler folding the two identical bodies
+// into one function (identical code folding), and the asm stops it turning the call into a tail
+// jump, which would make the caller's return address the site.
+__attribute__((noipa)) char* new_main_value(size_t bytes, int flags) {
+  void* p = tieralloc_mallocx(bytes, flags);
+  asm volatile("" : : "r"(p) : "memory");
+  return static_cast<char*>(p);
+}
+__attribute__((noipa)) char* new_archive_value(size_t bytes, int flags) {
+  void* p = tieralloc_mallocx(bytes, flags);
+  asm volatile("" : : "r"(p) : "memory");
+  return static_cast<char*>(p);
+}
+
 }  // namespace
 
-// --placement P, --mix A|B|C, --records N, --value-size B, --seconds S, --delay-ns D.
+// --placement P, --mix A|B|C, --records N, --value-size B, --seconds S, --delay-ns D,
+// --cold-share F, --cold-ops F, --replace 0|1.
 int run_kv(const Args& args) {
   const std::string placement = args.str("placement", "tieralloc"), mix = args.str("mix", "B");
   const size_t records = args.size("records", 65536), value_size = args.size("value-size", 1024);
   const double seconds = args.num("seconds", 5);
   const double read_share = mix == "A" ? 0.5 : mix == "B" ? 0.95 : 1.0;
+  const double cold_share = args.num("cold-share", 0), cold_ops = args.num("cold-ops", 0.01);
+  const bool replace = args.num("replace", 0) != 0;
   struct tieralloc_tier_info fast;
   tieralloc_tier_info(0, &fast);
   const double delay = fast.emulated ? args.num("delay-ns", 0) : 0;
+
+  // Which table each record is in: a hash of its id, so the tables interleave in load order.
+  std::vector<uint32_t> main_ids, archive_ids;
+  std::vector<uint8_t> in_archive(records);
+  for (size_t r = 0; r < records; ++r) {
+    in_archive[r] = static_cast<double>(mix64(r ^ 0xA5C1) % 1000000) < cold_share * 1e6;
+    (in_archive[r] ? archive_ids : main_ids).push_back(static_cast<uint32_t>(r));
+  }
+  if (main_ids.empty()) fail("--cold-share leaves no record in the main table");
+  auto new_value = [&](size_t r) {
+    return in_archive[r] ? new_archive_value(value_size, placement_flags(placement, r))
+                         : new_main_value(value_size, placement_flags(placement, r));
+  };
 
   // Load: every record once, in key order.
   auto load_t0 = Clock::now();
   Index index(records);
   std::vector<char*> values(records);
   for (size_t r = 0; r < records; ++r) {
-    char* v = static_cast<char*>(tieralloc_mallocx(value_size, placement_flags(placement, r)));
+    char* v = new_value(r);
     if (!v) fail("allocation of record " + std::to_string(r) + " failed");
     memset(v, static_cast<int>(r), value_size);
     values[r] = v;
@@ -108,7 +148,7 @@ int run_kv(const Args& args) {
   const double load_s = seconds_since(load_t0);
   FastPages fast_values(std::vector<const void*>(values.begin(), values.end()));
   fast_values.refresh();
-  const Zipfian zipf(records, 0.99);
+  const Zipfian zipf(main_ids.size(), 0.99);
 
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> ops{0}, fast_ops{0};
@@ -122,11 +162,27 @@ int run_kv(const Args& args) {
       for (int i = 0; i < 1024; ++i) {
         const bool timed = (local & 7) == 0;
         const auto t0 = timed ? Clock::now() : Clock::time_point{};
-        const uint64_t record = mix64(zipf.rank(rng)) % records;
+        const bool archive = !archive_ids.empty() && rng.uniform() < cold_ops;
+        const uint64_t record = archive ? archive_ids[rng.next() % archive_ids.size()]
+                                        : main_ids[mix64(zipf.rank(rng)) % main_ids.size()];
         const bool read = rng.uniform() < read_share;
         char* v = index.get(record + 1);
-        if (read) memcpy(buf.data(), v, value_size), checksum += static_cast<uint8_t>(buf[value_size / 2]);
-        else memset(v, static_cast<int>(local), value_size);
+        if (read) {
+          memcpy(buf.data(), v, value_size), checksum += static_cast<uint8_t>(buf[value_size / 2]);
+          // Every write fills a whole value with one byte: a value whose ends differ was handed
+          // out twice or freed under the store.
+          if (buf[0] != buf[value_size - 1]) fail("record " + std::to_string(record) + " is corrupt");
+        } else if (replace) {
+          char* nv = new_value(record);
+          if (!nv) fail("allocation of a new copy of record " + std::to_string(record) + " failed");
+          memset(nv, static_cast<int>(local), value_size);
+          index.put(record + 1, nv);
+          values[record] = nv;
+          fast_values.replace(record, nv);
+          tieralloc_free(v);
+        } else {
+          memset(v, static_cast<int>(local), value_size);
+        }
         if (fast_values.fast(record)) ++local_fast;
         else if (delay > 0) spin_ns(delay);
         if (timed && latencies_ns.size() < latencies_ns.capacity())
@@ -167,6 +223,9 @@ int run_kv(const Args& args) {
   };
   json r = {{"placement", placement},
             {"mix", mix},
+            {"cold_share", cold_share},
+            {"cold_ops", archive_ids.empty() ? 0.0 : cold_ops},
+            {"replace", replace},
             {"read_share", read_share},
             {"records", records},
             {"value_bytes", value_size},

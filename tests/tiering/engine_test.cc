@@ -143,7 +143,7 @@ TEST(Engine, ApplicationGuardPageHandlerStillGetsItsFaults) {
     std::this_thread::sleep_for(20ms);
   }
   EXPECT_EQ(g_guard_faults.load(), 50);
-  EXPECT_GT(stats_figure(stats_json(), "faults"), faults_before) << "the sampler took no faults meanwhile";
+  EXPECT_GT(stats_figure(stats_json(), "faults"), faults_before) << "the sampler took no faults meanwhile: " << stats_json();
   for (size_t off = 0; off < 8 * kMiB; off += kPage) ASSERT_EQ(heap[off], 50);
   sigaction(SIGSEGV, &old, nullptr);
   munmap(guard, kPage);

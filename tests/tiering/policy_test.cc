@@ -163,5 +163,79 @@ TEST(Plan, ThreeTiersPromoteAndDemoteAcrossBothBoundaries) {
   for (size_t i = 36; i < 60; ++i) EXPECT_GE(v[i].tier, 1) << i;
 }
 
+// Allocation sites: the credit of one observation, and classification against the baseline.
+constexpr uintptr_t kRun = 0x40000000;
+constexpr size_t kRunBytes = 65536;
+
+TEST(SiteCredit, OnlyTheObjectTheFirstTouchHitEarns) {
+  // A 1 KiB object at offset 4 KiB of the run: a touch inside earns score / (its share of the run).
+  EXPECT_DOUBLE_EQ(site_credit(kRun + 4096, 1024, kRun, kRunBytes, kRun + 4096 + 10, 3.0f), 3.0 * 64);
+  // The run was touched, but at a neighbour: nothing, however hot the run.
+  EXPECT_EQ(site_credit(kRun + 4096, 1024, kRun, kRunBytes, kRun + 4096 + 1024, 3.0f), 0.0);
+  EXPECT_EQ(site_credit(kRun + 4096, 1024, kRun, kRunBytes, kRun + 4095, 3.0f), 0.0);
+  // Untouched run: an observation worth nothing.
+  EXPECT_EQ(site_credit(kRun + 4096, 1024, kRun, kRunBytes, 0, 0.0f), 0.0);
+  // Not in this run: no observation at all.
+  EXPECT_LT(site_credit(kRun + kRunBytes, 1024, kRun, kRunBytes, kRun + kRunBytes, 3.0f), 0.0);
+}
+
+TEST(SiteCredit, LargeObjectsAreCreditedPerRunTheyCover) {
+  // A 1 MiB object covers whole runs: a touch anywhere in one is its own, at the run's score.
+  EXPECT_DOUBLE_EQ(site_credit(kRun - 4 * kRunBytes, 1 << 20, kRun, kRunBytes, kRun + 5, 2.0f), 2.0);
+  // Half a run covered (the object ends mid-run): twice the score for a touch inside.
+  EXPECT_DOUBLE_EQ(site_credit(kRun - kRunBytes / 2, kRunBytes, kRun, kRunBytes, kRun + 1, 2.0f), 4.0);
+  EXPECT_EQ(site_credit(kRun - kRunBytes / 2, kRunBytes, kRun, kRunBytes, kRun + kRunBytes / 2, 2.0f), 0.0);
+}
+
+TEST(SiteCredit, ShareOfTheRun) {
+  EXPECT_DOUBLE_EQ(site_share(kRun + 4096, 1024, kRun, kRunBytes), 1.0 / 64);
+  EXPECT_DOUBLE_EQ(site_share(kRun - 4 * kRunBytes, 1 << 20, kRun, kRunBytes), 1.0);
+  EXPECT_DOUBLE_EQ(site_share(kRun - kRunBytes / 2, kRunBytes, kRun, kRunBytes), 0.5);
+  EXPECT_EQ(site_share(kRun + kRunBytes, 1024, kRun, kRunBytes), 0.0);
+}
+
+// Plenty of evidence either way: 100 hits, 100 expected.
+constexpr double kHits = 100, kExpected = 100;
+
+TEST(SiteClass, ThresholdsAgainstTheBaseline) {
+  SiteRule r;
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 1.5, 1.0, kHits, kExpected, r), SiteHeat::kHot);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 1.4, 1.0, kHits, kExpected, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.5, 1.0, kHits, kExpected, r), SiteHeat::kCold);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.6, 1.0, kHits, kExpected, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0.0, 1.0, 0, kExpected, r), SiteHeat::kCold);
+  // Relative: the same density is hot beside colder memory and cold beside hotter.
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 5, kHits, kExpected, r), SiteHeat::kHot);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 40, kHits, kExpected, r), SiteHeat::kCold);
+}
+
+TEST(SiteClass, HysteresisKeepsAClassUntilTheWiderBound) {
+  SiteRule r;
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 1.3, 1.0, kHits, kExpected, r), SiteHeat::kHot);       // above hot_stay
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 1.1, 1.0, kHits, kExpected, r), SiteHeat::kUnknown);   // below it
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 0.6, 1.0, kHits, kExpected, r), SiteHeat::kCold);     // below cold_stay
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 0.8, 1.0, kHits, kExpected, r), SiteHeat::kUnknown);  // above it
+  // A swing across the whole band flips the class directly.
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 0.2, 1.0, kHits, kExpected, r), SiteHeat::kCold);
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 3.0, 1.0, kHits, kExpected, r), SiteHeat::kHot);
+}
+
+TEST(SiteClass, ThinEvidenceChangesNothing) {
+  SiteRule r;
+  // Hot takes a few real hits: one lucky first touch of a small object is not a hot site.
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 1.0, r.min_hits - 1, kExpected, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 10, 1.0, r.min_hits, kExpected, r), SiteHeat::kHot);
+  // Cold takes enough watching that an average site would have been hit several times: no hit in
+  // a few observations of small objects says nothing (a hot site with unlucky samples looks so).
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0, 1.0, 0, r.min_expected_hits - 0.5, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0, 1.0, 0, r.min_expected_hits, r), SiteHeat::kCold);
+  // Without evidence either way a class stays, whatever the noisy ratio says.
+  EXPECT_EQ(classify_site(SiteHeat::kHot, 0, 1.0, 0, 1, r), SiteHeat::kHot);
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 50, 1.0, 1, 1, r), SiteHeat::kCold);
+  // No baseline (nothing sampled at random was ever touched): nothing to compare with.
+  EXPECT_EQ(classify_site(SiteHeat::kUnknown, 0, 0, kHits, kExpected, r), SiteHeat::kUnknown);
+  EXPECT_EQ(classify_site(SiteHeat::kCold, 0, 0, kHits, kExpected, r), SiteHeat::kCold);
+}
+
 }  // namespace
 }  // namespace tieralloc::tiering

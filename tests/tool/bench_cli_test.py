@@ -103,10 +103,26 @@ with tempfile.TemporaryDirectory() as tmp:
     bad = run(["diff", out, f"{tmp}/bad.json"])
     check(bad.returncode == 2 and "not a tieralloc bench results document" in bad.stderr, f"diff of garbage: {bad.stderr}")
 
+    # kv with an archive table and copy-on-update: the document says so and follows the schema; the
+    # archive records (1% of operations) are read and replaced too, and every value read is whole
+    # (the worker fails on a torn one).
+    two = f"{tmp}/two.json"
+    r = run(["kv", "--quick", "--placements", "first-touch,tieralloc", "--mixes", "A", "--cold-share", "0.5", "--replace",
+             "--json", two])
+    check(r.returncode == 0, f"kv --cold-share --replace exited {r.returncode}: {r.stderr[-500:]}")
+    if r.returncode == 0:
+        tdoc = json.load(open(two))
+        jsonschema.validate(tdoc, schema, format_checker=jsonschema.FormatChecker())
+        items = tdoc["results"]["kv"]
+        check(all(i["cold_share"] == 0.5 and i["replace"] is True and i["cold_ops"] == 0.01 for i in items),
+              f"kv items record the table split and copy-on-update: {[(i['cold_share'], i['replace']) for i in items]}")
+        check(tdoc["params"]["cold_share"] == 0.5 and tdoc["params"]["replace"] is True, "params record them too")
+
     # Bad input: a clear message and exit status 2, before any measuring.
     for args, message in ((["nonsense"], "unknown workload"), (["kv", "--placements", "fastest"], "unknown placement"),
                           (["gups", "--ws", "lots"], "not a size"), (["kv", "--seconds"], "missing value"),
                           (["latency", "--frobnicate"], "unknown option"),
+                          (["kv", "--cold-share", "0.99"], "at most 0.95"),
                           (["latency", "--json", "/nonexistent-dir/r.json"], "cannot write"),
                           (["latency", "--plot", "/proc/version/charts"], "cannot create"), ([], "no workload")):
         e = run(args)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`tieralloc run` as a user runs it: the program's output is unchanged, --stats reports per-tier
-usage (with spill to the slow tier past --fast-limit), bad configuration warns and still runs the
-program, and usage errors exit 2 / a missing program 127."""
+usage (with spill to the slow tier past --fast-limit) and the tiering engine's state in words, bad
+configuration warns and still runs the program, and usage errors exit 2 / a missing program 127."""
 import json
 import os
 import random
@@ -48,6 +48,47 @@ with tempfile.TemporaryDirectory() as d:
     check(idle_fast is not None and idle_fast < (1 << 20) and idle.get("jemalloc", {}).get("metadata_bytes", 0) > 0,
           "run -- true: under 1 MiB of the fast tier at exit (%s bytes), metadata reported apart (%s bytes)"
           % (idle_fast, idle.get("jemalloc", {}).get("metadata_bytes")))
+
+# The engine's state in words at exit, beside the per-tier table: off and why, then running with
+# the sampler (sleep hands no heap memory to the kernel, so the sampler's EFAULT limit is moot).
+def kernel_setting(path):
+    try:
+        return open(path).read().strip()
+    except OSError:
+        return None
+
+
+nb = kernel_setting("/proc/sys/kernel/numa_balancing")
+demotion = kernel_setting("/sys/kernel/mm/numa/demotion_enabled")
+r = subprocess.run([tool, "run", "--tiers", "emulate:fast=64M,slow=1G", "--stats", "--", "true"],
+                   capture_output=True, text=True, env=env)
+err = r.stderr
+check(r.returncode == 0 and "tieralloc: engine: off (TIERALLOC_SAMPLER=off leaves no heat source); heat source: none" in err,
+      "run --stats: engine off, and why, in words")
+check("tieralloc: kernel tiering: numa_balancing=%s (" % (nb if nb is not None else "-1") in err,
+      "run --stats: the kernel's numa_balancing value, as /proc says (%s)" % nb)
+check(("demotion_enabled=%s" % {"true": "on", "false": "off", None: "unknown"}.get(demotion, "?")) in err,
+      "run --stats: the kernel's demotion_enabled, as sysfs says (%s)" % demotion)
+check("tieralloc: allocation sites: off (no heat source)" in err, "run --stats: allocation sites off without a heat source")
+
+r = subprocess.run([tool, "run", "--tiers", "emulate:fast=64M,slow=1G", "--stats", "--", "sleep", "1"],
+                   capture_output=True, text=True, env=dict(env, TIERALLOC_SAMPLER="on"))
+err = r.stderr
+check(r.returncode == 0 and "tieralloc: engine: running; heat source: hinting-fault sampler (1.00% of one core budgeted" in err
+      and "migration: page map only (emulated tiers)" in err, "run --stats: engine running with the sampler, in words")
+moved = [l for l in err.splitlines() if l.startswith("tieralloc: migrated: ")]
+check(bool(moved) and " promoted, " in moved[0] and " demoted, " in moved[0] and "pages failed to move" in moved[0]
+      and "engine CPU" in moved[0], "run --stats: bytes promoted and demoted, failed moves, engine CPU: %s" % moved)
+check("tieralloc: allocation sites: " in err and " tracked, " in err and "(one per 512.0 KiB)" in err,
+      "run --stats: allocation-site counts")
+
+r = subprocess.run([tool, "run", "--tiers", "emulate:fast=64M,slow=1G", "--stats", "--", "echo", "hi"],
+                   capture_output=True, text=True, env=dict(env, TIERALLOC_SAMPLER="on", TIERALLOC_SITE_SAMPLE="lots"))
+check(r.returncode == 0 and r.stdout == "hi\n" and r.stderr.count("TIERALLOC_SITE_SAMPLE='lots'") == 1
+      and "(one per 512.0 KiB)" in r.stderr, "bad TIERALLOC_SITE_SAMPLE: one warning, the default interval, program runs")
+r = subprocess.run([tool, "run", "--tiers", "emulate:fast=64M,slow=1G", "--stats", "--", "true"],
+                   capture_output=True, text=True, env=dict(env, TIERALLOC_SAMPLER="on", TIERALLOC_SITE_SAMPLE="0"))
+check(r.returncode == 0 and "allocation sites: off (TIERALLOC_SITE_SAMPLE=0)" in r.stderr, "TIERALLOC_SITE_SAMPLE=0 turns sites off")
 
 r = subprocess.run([tool, "run", "--fast-limit", "lots", "--", "echo", "hello"], capture_output=True, text=True, env=env)
 check(r.returncode == 0 and r.stdout == "hello\n" and r.stderr.count("TIERALLOC_FAST_LIMIT") == 1,
