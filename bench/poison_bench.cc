@@ -140,12 +140,19 @@ const char* describe(Quarantine q) {
 // the default arena: they come from different mappings), or nothing when the layout does not allow
 // it. The pages are the caller's to free.
 std::vector<char*> pages_around(const void* block) {
-  std::vector<char*> candidates;
-  for (size_t size : {kPage, 16 * kPage, 256 * kPage})
-    for (int flags : {0, TIERALLOC_TIER(0)})
-      for (int i = 0; i < 4; ++i)
-        candidates.push_back(static_cast<char*>(tieralloc_mallocx(size, TIERALLOC_ALIGN(kPage) | flags)));
   auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  // Where those land depends on how the heap grew before (which arena's reserve a size class
+  // comes from): take more until both sides have one, within a bound.
+  std::vector<char*> candidates;
+  bool below = false, above = false;
+  for (int round = 0; round < 128 && !(below && above); ++round)
+    for (size_t size : {kPage, 16 * kPage, round < 4 ? 256 * kPage : kPage})
+      for (int flags : {0, TIERALLOC_TIER(0)}) {
+        char* c = static_cast<char*>(tieralloc_mallocx(size, TIERALLOC_ALIGN(kPage) | flags));
+        candidates.push_back(c);
+        below = below || addr(c) < addr(block);
+        above = above || addr(c) > addr(block);
+      }
   auto [lo, hi] = std::minmax_element(candidates.begin(), candidates.end());
   std::vector<char*> chosen;
   if (addr(*lo) < addr(block) && addr(*hi) > addr(block)) chosen = {*lo, *hi};
