@@ -5,27 +5,19 @@
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
 #include "os/fs.h"
 #include "poison/journal.h"
+#include "tests/support/sysfs_tree.h"
 #include "tieralloc/tieralloc.h"
 
 namespace {
 
 using namespace tieralloc::poison;
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/tieralloc-journal-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-};
+using tieralloc::testing::TempDir;
 
 std::string slurp(const std::string& path) {
   std::ifstream f(path);
@@ -81,7 +73,7 @@ TEST(Journal, EveryDamageIsCaughtAndNothingOfItUsed) {
 
 TEST(Journal, NewerVersionIsLeftAlone) {
   TempDir d;
-  const std::string path = d.path + "/q";
+  const std::string path = d.path() + "/q";
   std::string newer = "tieralloc-quarantine 2\nwhatever a later format holds\n";
   std::ofstream(path) << newer;
   EXPECT_EQ(read_journal(path).state, JournalState::kNewer);
@@ -113,7 +105,7 @@ TEST(Journal, AddCoveredRangesAddNothingAndClearTrims) {
 
 TEST(Journal, UpdateKeepsACorruptFileAsideAndWritesOnlyOnChange) {
   TempDir d;
-  const std::string path = d.path + "/state/tieralloc/quarantine";  // parent folders made
+  const std::string path = d.path() + "/state/tieralloc/quarantine";  // parent folders made
   auto add = [](uint64_t phys) {
     return [phys](std::vector<JournalEntry>& e) { return add_entry(e, {phys, 64, kSourceManual, 5, 0, 0}); };
   };
@@ -141,7 +133,7 @@ TEST(Journal, UpdateKeepsACorruptFileAsideAndWritesOnlyOnChange) {
 
 TEST(Journal, ConcurrentWritersLoseNothing) {
   TempDir d;
-  const std::string path = d.path + "/q";
+  const std::string path = d.path() + "/q";
   constexpr int kThreads = 4, kEach = 50;
   std::vector<std::thread> ts;
   for (int t = 0; t < kThreads; ++t)
@@ -159,8 +151,8 @@ TEST(Journal, ConcurrentWritersLoseNothing) {
 
 TEST(Journal, PathUnderARegularFileFails) {
   TempDir d;
-  std::ofstream(d.path + "/file") << "x";
-  EXPECT_EQ(update_journal(d.path + "/file/q",
+  std::ofstream(d.path() + "/file") << "x";
+  EXPECT_EQ(update_journal(d.path() + "/file/q",
                            [](std::vector<JournalEntry>& e) { return add_entry(e, {0, 64, kSourceManual, 1, 0, 0}); }),
             -ENOTDIR);
 }
