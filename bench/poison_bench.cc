@@ -162,9 +162,35 @@ std::vector<char*> pages_around(const void* block) {
   return chosen;
 }
 
-// Per iteration: a batch with nothing quarantined, then the pages are quarantined and the same
-// batch runs on the slow path, then they are repaired (untimed). Both batches hand out the same
-// block (the thread cache's), so they differ only by the path.
+// Per iteration: a batch of ops malloc/free pairs of n bytes with nothing quarantined, then the
+// pages are quarantined and the same batch runs on the slow path, then they are repaired
+// (untimed). Both batches hand out the same block (the thread cache's), so they differ only by
+// the path. The pages are freed at the end.
+void paired_quarantine_batches(benchmark::State& state, size_t n, int ops_per_batch, const std::vector<char*>& pages) {
+  double clean_s = 0, slow_s = 0;
+  for (auto _ : state) {
+    clean_s += malloc_free_batch(n, ops_per_batch);
+    if (!std::all_of(pages.begin(), pages.end(), quarantine_line)) {
+      state.SkipWithError("tieralloc_poison_report failed");
+      return;
+    }
+    const double s = malloc_free_batch(n, ops_per_batch);
+    if (!std::all_of(pages.begin(), pages.end(), repair_line)) {
+      state.SkipWithError("tieralloc_repair_write failed");
+      return;
+    }
+    slow_s += s;
+    state.SetIterationTime(s);
+  }
+  const double ops = static_cast<double>(state.iterations()) * ops_per_batch;
+  state.SetItemsProcessed(static_cast<int64_t>(ops));
+  state.counters["ns_per_op"] = slow_s * 1e9 / ops;
+  state.counters["clean_ns_per_op"] = clean_s * 1e9 / ops;
+  // Above 1: the slow path costs more than the fast path.
+  state.counters["time_vs_clean"] = slow_s / clean_s;
+  for (char* p : pages) tieralloc_free(p);
+}
+
 void BM_MallocFreeQuarantined(benchmark::State& state, Quarantine where) {
   const auto n = static_cast<size_t>(state.range(0));
   constexpr int kOps = 1024;
@@ -177,28 +203,7 @@ void BM_MallocFreeQuarantined(benchmark::State& state, Quarantine where) {
     return;
   }
   state.SetLabel(describe(where));
-  double clean_s = 0, slow_s = 0;
-  for (auto _ : state) {
-    clean_s += malloc_free_batch(n, kOps);
-    if (!std::all_of(pages.begin(), pages.end(), quarantine_line)) {
-      state.SkipWithError("tieralloc_poison_report failed");
-      return;
-    }
-    const double s = malloc_free_batch(n, kOps);
-    if (!std::all_of(pages.begin(), pages.end(), repair_line)) {
-      state.SkipWithError("tieralloc_repair_write failed");
-      return;
-    }
-    slow_s += s;
-    state.SetIterationTime(s);
-  }
-  const double ops = static_cast<double>(state.iterations()) * kOps;
-  state.SetItemsProcessed(static_cast<int64_t>(ops));
-  state.counters["ns_per_op"] = slow_s * 1e9 / ops;
-  state.counters["clean_ns_per_op"] = clean_s * 1e9 / ops;
-  // Above 1: the slow path costs more than the fast path.
-  state.counters["time_vs_clean"] = slow_s / clean_s;
-  for (char* p : pages) tieralloc_free(p);
+  paired_quarantine_batches(state, n, kOps, pages);
 }
 BENCHMARK_CAPTURE(BM_MallocFreeQuarantined, far, Quarantine::kFar)->Arg(64)->Arg(4096)->UseManualTime();
 
@@ -228,29 +233,8 @@ void BM_MallocFreeThousandQuarantined(benchmark::State& state) {
   const auto [lo, hi] = std::minmax_element(pages.begin(), pages.end());
   const bool around = reinterpret_cast<uintptr_t>(*lo) < block_at && reinterpret_cast<uintptr_t>(*hi) > block_at;
   state.SetLabel("1000 pages quarantined across the heap" + std::string(around ? "" : " (not around the block: bounds test only)"));
-  double clean_s = 0, slow_s = 0;
-  for (auto _ : state) {
-    clean_s += malloc_free_batch(n, kOps);
-    if (!std::all_of(pages.begin(), pages.end(), quarantine_line)) {
-      state.SkipWithError("tieralloc_poison_report failed");
-      return;
-    }
-    const double s = malloc_free_batch(n, kOps);
-    if (!std::all_of(pages.begin(), pages.end(), repair_line)) {
-      state.SkipWithError("tieralloc_repair_write failed");
-      return;
-    }
-    slow_s += s;
-    state.SetIterationTime(s);
-  }
-  const double ops = static_cast<double>(state.iterations()) * kOps;
-  state.SetItemsProcessed(static_cast<int64_t>(ops));
-  state.counters["ns_per_op"] = slow_s * 1e9 / ops;
-  state.counters["clean_ns_per_op"] = clean_s * 1e9 / ops;
   state.counters["quarantined_pages"] = kPages;
-  // Above 1: the slow path costs more than the fast path.
-  state.counters["time_vs_clean"] = slow_s / clean_s;
-  for (char* p : pages) tieralloc_free(p);
+  paired_quarantine_batches(state, n, kOps, pages);
 }
 BENCHMARK(BM_MallocFreeThousandQuarantined)->Arg(64)->Arg(4096)->Iterations(8)->UseManualTime();
 
