@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "tieralloc/tieralloc.h"
 
@@ -88,6 +89,23 @@ EngineFigures engine_figures() {
   f.migrated_bytes = t.value("promoted_bytes", uint64_t{0}) + t.value("demoted_bytes", uint64_t{0});
   f.cpu_percent = t.value("engine_cpu_percent", 0.0);
   return f;
+}
+
+void Timeline::run(double seconds, const std::function<void(double t, double hit)>& on_point) {
+  start_ = Clock::now();
+  uint64_t last_ops = 0, last_fast = 0;
+  double last_t = 0;
+  for (double t = 0; t < seconds;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    t = elapsed();
+    pages_.refresh();
+    engine_ = engine_figures();
+    const uint64_t o = ops_.load(), f = fast_ops_.load();
+    const double hit = o > last_ops ? static_cast<double>(f - last_fast) / static_cast<double>(o - last_ops) : 0;
+    points_.push_back({t, hit, static_cast<double>(o - last_ops) / (t - last_t) / rate_unit_, engine_.migrated_bytes / 1048576.0});
+    last_ops = o, last_fast = f, last_t = t;
+    on_point(t, hit);
+  }
 }
 
 }  // namespace tieralloc::bench

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -80,5 +81,30 @@ struct EngineFigures {
   double cpu_percent = 0;
 };
 EngineFigures engine_figures();
+
+// The time line gups and kv record while their worker thread counts operations (ops) and those
+// that hit the fast tier (fast_ops): every 100 ms the fast pages are refreshed and one point is
+// appended -- seconds since run() began, the hit ratio since the previous point, operations per
+// second since then divided by rate_unit (1e3: thousands, 1e6: millions), MiB the engine migrated.
+class Timeline {
+ public:
+  Timeline(FastPages& pages, const std::atomic<uint64_t>& ops, const std::atomic<uint64_t>& fast_ops, double rate_unit)
+      : pages_(pages), ops_(ops), fast_ops_(fast_ops), rate_unit_(rate_unit) {}
+  // Samples until `seconds` have passed; on_point(t, hit) runs after each point (progress, and what
+  // a workload changes at a given time).
+  void run(double seconds, const std::function<void(double t, double hit)>& on_point);
+  double elapsed() const { return seconds_since(start_); }
+  const EngineFigures& engine() const { return engine_; }  // at the last point
+  const json& points() const { return points_; }
+
+ private:
+  FastPages& pages_;
+  const std::atomic<uint64_t>& ops_;
+  const std::atomic<uint64_t>& fast_ops_;
+  const double rate_unit_;
+  Clock::time_point start_ = Clock::now();
+  EngineFigures engine_;
+  json points_ = json::array();
+};
 
 }  // namespace tieralloc::bench

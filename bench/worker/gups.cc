@@ -58,34 +58,23 @@ int run_gups(const Args& args) {
     }
   });
 
-  json timeline = json::array();
-  auto t0 = Clock::now();
-  uint64_t last_u = 0, last_f = 0;
-  double last_t = 0, move_t = seconds / 2, recovered_t = -1, migrated_at_move = 0;
+  Timeline timeline(fast_pages, updates, fast_hits, 1e6);
+  double move_t = seconds / 2, recovered_t = -1, migrated_at_move = 0;
   bool moved = false;
-  EngineFigures engine;
-  while (true) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    double t = seconds_since(t0);
-    fast_pages.refresh();
-    engine = engine_figures();
-    uint64_t u = updates.load(), f = fast_hits.load();
-    double hit = u > last_u ? static_cast<double>(f - last_f) / static_cast<double>(u - last_u) : 0;
-    timeline.push_back({t, hit, static_cast<double>(u - last_u) / (t - last_t) / 1e6, engine.migrated_bytes / 1048576.0});
-    last_u = u, last_f = f, last_t = t;
+  timeline.run(seconds, [&](double t, double hit) {
     if (moved && recovered_t < 0 && hit >= 0.9) recovered_t = t - move_t;
     if (!moved && t >= move_t) {
       hot_start = npages * 8 / 10;
       moved = true;
       move_t = t;
-      migrated_at_move = static_cast<double>(engine.migrated_bytes);
+      migrated_at_move = static_cast<double>(timeline.engine().migrated_bytes);
     }
     report_progress(t / seconds);
-    if (t >= seconds) break;
-  }
+  });
   stop = true;
   worker.join();
-  const double total_t = seconds_since(t0);
+  const double total_t = timeline.elapsed();
+  const EngineFigures& engine = timeline.engine();
   json r = {{"placement", placement},
             {"ws_bytes", ws},
             {"fast_budget_bytes", fast.limit_bytes},
@@ -98,7 +87,7 @@ int run_gups(const Args& args) {
             {"recovery_s", recovered_t < 0 ? json(nullptr) : json(recovered_t)},
             {"engine_cpu_percent", engine.cpu_percent},
             {"timeline_fields", {"t_s", "fast_hit_ratio", "mupdates_per_s", "migrated_mib"}},
-            {"timeline", timeline}};
+            {"timeline", timeline.points()}};
   for (char* b : blocks) tieralloc_free(b);
   report_result(r);
   return 0;

@@ -195,26 +195,12 @@ int run_kv(const Args& args) {
     keep(checksum);
   });
 
-  json timeline = json::array();
-  auto t0 = Clock::now();
-  uint64_t last_ops = 0, last_fast = 0;
-  double last_t = 0;
-  EngineFigures engine;
-  while (true) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    const double t = seconds_since(t0);
-    fast_values.refresh();
-    engine = engine_figures();
-    uint64_t o = ops.load(), f = fast_ops.load();
-    double hit = o > last_ops ? static_cast<double>(f - last_fast) / static_cast<double>(o - last_ops) : 0;
-    timeline.push_back({t, hit, static_cast<double>(o - last_ops) / (t - last_t) / 1e3, engine.migrated_bytes / 1048576.0});
-    last_ops = o, last_fast = f, last_t = t;
-    report_progress(0.1 + 0.9 * t / seconds);
-    if (t >= seconds) break;
-  }
+  Timeline timeline(fast_values, ops, fast_ops, 1e3);
+  timeline.run(seconds, [&](double t, double) { report_progress(0.1 + 0.9 * t / seconds); });
   stop = true;
   client.join();
-  const double run_s = seconds_since(t0);
+  const double run_s = timeline.elapsed();
+  const EngineFigures& engine = timeline.engine();
   auto percentile_us = [&](double q) {
     if (latencies_ns.empty()) return 0.0;
     auto nth = latencies_ns.begin() + static_cast<ptrdiff_t>(q * static_cast<double>(latencies_ns.size() - 1));
@@ -239,7 +225,7 @@ int run_kv(const Args& args) {
             {"migrated_bytes", engine.migrated_bytes},
             {"engine_cpu_percent", engine.cpu_percent},
             {"timeline_fields", {"t_s", "fast_hit_ratio", "kops_per_s", "migrated_mib"}},
-            {"timeline", timeline}};
+            {"timeline", timeline.points()}};
   for (char* v : values) tieralloc_free(v);
   report_result(r);
   return 0;
