@@ -128,6 +128,27 @@ class GuestPoison : public ::testing::TestWithParam<int> {
   }
 
   int flags() const { return TIERALLOC_TIER(tier_); }
+
+  // A 16-page block of this tier, filled and freed (so the thread cache hands it back next), with
+  // the page in its middle that the tests poison, and that page's frame before the poison.
+  struct FreedBlock {
+    static constexpr size_t kSize = 16 * kPage;
+    char* block = nullptr;
+    char* victim = nullptr;
+    uint64_t victim_pfn = 0;
+  };
+  FreedBlock free_a_filled_block() const {
+    FreedBlock f;
+    f.block = static_cast<char*>(tieralloc_mallocx(FreedBlock::kSize, flags()));
+    EXPECT_NE(f.block, nullptr);
+    if (!f.block) return f;
+    std::memset(f.block, 0x77, FreedBlock::kSize);
+    f.victim = page_of(f.block + FreedBlock::kSize / 2);
+    EXPECT_TRUE(on_tier(f.victim));
+    f.victim_pfn = pfn_of(f.victim);
+    tieralloc_free(f.block);
+    return f;
+  }
   bool on_tier(const void* page) const { return nodes_.count(page_nodes(page, 1).at(0)) == 1; }
 
   // Objects of kObj bytes on the tier, each filled with its own pattern, and a page wholly tiled by
@@ -341,14 +362,12 @@ TEST_P(GuestPoison, EarlyKillActionOptionalQuarantinesBeforeAnyConsumption) {
 // the next allocation jemalloc makes from that block takes the page back on a fresh frame. The
 // program sees nothing.
 TEST_P(GuestPoison, PoisonOnAFreePageIsAbsorbed) {
-  const size_t size = 16 * kPage;
-  auto* block = static_cast<char*>(tieralloc_mallocx(size, flags()));
-  ASSERT_NE(block, nullptr);
-  std::memset(block, 0x77, size);
-  char* victim = page_of(block + size / 2);
-  ASSERT_TRUE(on_tier(victim));
-  const uint64_t bad_pfn = pfn_of(victim);
-  tieralloc_free(block);
+  const size_t size = FreedBlock::kSize;
+  const FreedBlock freed = free_a_filled_block();
+  ASSERT_FALSE(HasFailure());
+  char* const block = freed.block;
+  char* const victim = freed.victim;
+  const uint64_t bad_pfn = freed.victim_pfn;
   const auto absorbed_before = stats_figure(stats_json(), "free_absorbed_pages");
   ASSERT_EQ(prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY, 0, 0), 0);
 
@@ -379,14 +398,12 @@ TEST_P(GuestPoison, PoisonConsumedByTheAllocatorsOwnZeroingIsRepairedOnTheSpot) 
   ASSERT_EQ(tieralloc_poison_report(keep + kPage, 64), 0);
   const size_t quarantined = tieralloc_quarantined_bytes();
 
-  const size_t size = 16 * kPage;
-  auto* block = static_cast<char*>(tieralloc_mallocx(size, flags()));
-  ASSERT_NE(block, nullptr);
-  std::memset(block, 0x77, size);
-  char* victim = page_of(block + size / 2);
-  ASSERT_TRUE(on_tier(victim));
-  const uint64_t bad_pfn = pfn_of(victim);
-  tieralloc_free(block);
+  const size_t size = FreedBlock::kSize;
+  const FreedBlock freed = free_a_filled_block();
+  ASSERT_FALSE(HasFailure());
+  char* const block = freed.block;
+  char* const victim = freed.victim;
+  const uint64_t bad_pfn = freed.victim_pfn;
   const auto replaced_before = stats_figure(stats_json(), "zeroing_replaced_pages");
 
   ASSERT_EQ(madvise(victim, kPage, MADV_HWPOISON), 0) << strerror(errno);
