@@ -183,6 +183,13 @@ void release_held_blocks() {
   }
 }
 
+bool held_aside(uintptr_t block) {
+  os::SignalSafeLock lock(g_held_lock);
+  for (size_t i = 0; i < g_nheld; ++i)
+    if (reinterpret_cast<uintptr_t>(g_held[i]) == block) return true;
+  return false;
+}
+
 size_t held_blocks() {
   os::SignalSafeLock lock(g_held_lock);
   return g_nheld;

@@ -21,6 +21,7 @@
 #include "os/fs.h"
 #include "os/memory.h"
 #include "os/signals.h"
+#include "poison/allocations_in_range.h"
 #include "poison/badblocks.h"
 #include "poison/journal.h"
 #include "tieralloc/tieralloc.h"
@@ -476,6 +477,10 @@ void flush_journal() {
   futex_wake_all(&g_records_written);
 }
 
+// The allocations an event lists; the worker's alone.
+constexpr size_t kListed = 4096;
+constinit tieralloc_allocation g_listed[kListed];
+
 // The worker thread: writes the journal and delivers events to the application's handler.
 void* poison_worker(void*) {
   // Asynchronous signals are the program's threads' business. Faults stay deliverable: this
@@ -509,6 +514,11 @@ void* poison_worker(void*) {
         arg = g_handler_arg;
       }
       ev.quarantined = tieralloc_poison_check(ev.addr, ev.len) == 1;
+      const long found = allocations_in_range(reinterpret_cast<uintptr_t>(ev.addr), ev.len, g_listed, kListed);
+      ev.allocations = g_listed;
+      ev.allocations_known = found >= 0;
+      ev.nallocations = found < 0 ? 0 : std::min<size_t>(found, kListed);
+      ev.allocations_unlisted = found < 0 ? 0 : found - ev.nallocations;
       fn(&ev, arg);
     }
     syscall(SYS_futex, reinterpret_cast<uint32_t*>(&g_event_seq), FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0);

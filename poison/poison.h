@@ -57,6 +57,8 @@ void* new_avoiding(size_t size, size_t alignment);
 // Frees the held-aside blocks that no longer overlap a quarantined page (after a repair).
 void release_held_blocks();
 size_t held_blocks();
+// True when `block` is one of them.
+bool held_aside(uintptr_t block);
 
 // For a block just taken from jemalloc and handed to nobody that touches a quarantined page: the
 // bad lines wholly inside it hold no live data, so they count as repaired (with zeros), and a

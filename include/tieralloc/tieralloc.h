@@ -88,12 +88,27 @@ struct tieralloc_range {
 #define TIERALLOC_POISON_KNOWN 5    /* a frame the quarantine journal or an nvdimm badblocks list names,
                                        found unreadable while moving a page off it */
 
+/* A block of the heap: its address and usable size (tieralloc_usable_size). */
+struct tieralloc_allocation {
+  void *addr;
+  size_t size;
+};
+
 struct tieralloc_poison_event {
   void *addr;      /* the poisoned range, cacheline-aligned */
   size_t len;
   int source;      /* TIERALLOC_POISON_* */
   int quarantined; /* 1 while the range is still quarantined when the handler runs */
   size_t lost;     /* events dropped just before this one (the queue holds 256) */
+  /* The allocations overlapping [addr, addr+len) when the handler runs, in address order: every
+   * block handed out and not freed is listed. Valid until the handler returns. A block freed into
+   * a thread's cache may still be listed (the allocator has not taken it back yet), and a block
+   * allocated or freed while the list is made may be missed or listed. */
+  const struct tieralloc_allocation *allocations;
+  size_t nallocations;
+  size_t allocations_unlisted; /* overlapping allocations beyond the list's room (4096) */
+  int allocations_known;       /* 0: the allocator's records could not be read (a jemalloc other than
+                                  5.3); the list is empty, not complete */
 };
 
 /* Quarantines the cachelines covering [addr, addr+len). 0, or -1 + errno: EINVAL (NULL, empty,

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -78,7 +79,14 @@ bool read_faults(const void* p) {
 std::atomic<int> g_events{0}, g_event_source{0};
 std::atomic<void*> g_event_addr{nullptr};
 std::atomic<size_t> g_event_len{0};
+std::mutex g_event_blocks_mu;
+std::vector<void*> g_event_blocks;  // the last event's allocations
 void on_poison_event(const tieralloc_poison_event* ev, void*) {
+  {
+    std::lock_guard<std::mutex> g(g_event_blocks_mu);
+    g_event_blocks.clear();
+    for (size_t i = 0; i < ev->nallocations; ++i) g_event_blocks.push_back(ev->allocations[i].addr);
+  }
   g_event_addr.store(ev->addr);
   g_event_len.store(ev->len);
   g_event_source.store(ev->source);
@@ -281,6 +289,15 @@ TEST_P(GuestPoison, ConsumedPoisonInLiveObjectsIsQuarantinedRecoveredAndRepaired
   EXPECT_EQ(g_event_source.load(), TIERALLOC_POISON_CONSUMED);
   EXPECT_EQ(g_event_addr.load(), victim);
   EXPECT_EQ(g_event_len.load(), kPage);
+  {
+    // The objects to fetch again: each one the page touches.
+    std::lock_guard<std::mutex> g(g_event_blocks_mu);
+    for (char* o : objs_) {
+      if (o + kObj > victim && o < victim + kPage) {
+        EXPECT_NE(std::find(g_event_blocks.begin(), g_event_blocks.end(), o), g_event_blocks.end()) << "object " << static_cast<void*>(o);
+      }
+    }
+  }
   printf("tier %d: poisoned %p (node %d, pfn 0x%llx); read at %p -> SIGBUS si_code=%d si_addr=%p lsb=%d; "
          "quarantined %zu bytes; HardwareCorrupted %ld -> %ld kB\n",
          tier_, static_cast<void*>(victim), *nodes_.begin(), static_cast<unsigned long long>(bad_pfn),

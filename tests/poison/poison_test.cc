@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -469,6 +470,99 @@ TEST(Poison, RepairOfLiveObjectsAndReuseOfFreeSlotsTogetherRebuildThePage) {
     for (size_t b = 0; b < kObj; ++b) ASSERT_EQ(objs[k][b], static_cast<char>('a' + k % 26)) << "object " << k;
   for (char* o : again) tieralloc_free(o);
   EXPECT_EQ(stats_figure(stats_json(), "held_blocks"), 0u) << "the slot held aside meanwhile was released";
+}
+
+// Each event's list of allocations, as the handler saw it.
+struct Listing {
+  int known;
+  size_t unlisted;
+  std::vector<tieralloc_allocation> blocks;
+};
+std::mutex g_listings_mu;
+std::vector<Listing> g_listings;
+void on_poison_keep_listing(const tieralloc_poison_event* ev, void*) {
+  std::lock_guard<std::mutex> g(g_listings_mu);
+  g_listings.push_back({ev->allocations_known, ev->allocations_unlisted,
+                        std::vector<tieralloc_allocation>(ev->allocations, ev->allocations + ev->nallocations)});
+}
+// The n-th event's listing (from 1), waiting up to 5 s for it.
+Listing listing(size_t n) {
+  for (int i = 0; i < 500; ++i) {
+    {
+      std::lock_guard<std::mutex> g(g_listings_mu);
+      if (g_listings.size() >= n) return g_listings[n - 1];
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ADD_FAILURE() << "no event " << n;
+  return {};
+}
+
+bool overlaps(const void* p, size_t n, const void* lo, size_t len) {
+  auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(lo);
+  return a < b + len && b < a + n;
+}
+
+// What a database needs to fetch again from a replica: the live objects a poisoned range touches.
+TEST(Poison, EventsListTheLiveAllocationsTheRangeTouches) {
+  ASSERT_EQ(tieralloc_set_poison_handler(on_poison_keep_listing, nullptr), 0);
+  std::mt19937_64 rng(7);
+  std::vector<Block> live;
+  for (int i = 0; i < 4000; ++i) {
+    size_t n = mixed_size(rng);
+    char* p = static_cast<char*>(tieralloc_mallocx(n, 0));
+    ASSERT_NE(p, nullptr);
+    live.push_back({p, tieralloc_usable_size(p)});
+  }
+
+  // A whole page inside busy slabs of small objects: every object of this test on it is listed,
+  // at its address with its usable size, and everything listed touches the page.
+  char* page = nullptr;
+  std::vector<Block> ours;
+  for (size_t i = 1000; i < live.size() && ours.size() < 3; i += 7) {
+    if (live[i].size > 1024) continue;
+    page = page_of(live[i].p);
+    ours.clear();
+    for (auto& b : live)
+      if (overlaps(b.p, b.size, page, kPage)) ours.push_back(b);
+  }
+  ASSERT_GE(ours.size(), 3u) << "a page holding several of the test's small objects";
+  ASSERT_EQ(tieralloc_poison_report(page, kPage), 0);
+  Listing l = listing(1);
+  EXPECT_EQ(l.known, 1);
+  EXPECT_EQ(l.unlisted, 0u);
+  for (size_t i = 0; i < l.blocks.size(); ++i) {
+    EXPECT_TRUE(overlaps(l.blocks[i].addr, l.blocks[i].size, page, kPage)) << "block " << l.blocks[i].addr;
+    if (i) {
+      EXPECT_LE(static_cast<char*>(l.blocks[i - 1].addr) + l.blocks[i - 1].size, l.blocks[i].addr) << "in order, apart";
+    }
+  }
+  for (auto& b : ours) {
+    auto it = std::find_if(l.blocks.begin(), l.blocks.end(), [&](const tieralloc_allocation& a) { return a.addr == b.p; });
+    ASSERT_NE(it, l.blocks.end()) << "live object " << static_cast<void*>(b.p) << " is listed";
+    EXPECT_EQ(it->size, b.size);
+  }
+
+  // One line deep inside a large block: that block alone.
+  const size_t big_size = size_t{3} << 20;
+  char* big = static_cast<char*>(tieralloc_mallocx(big_size, 0));
+  ASSERT_NE(big, nullptr);
+  ASSERT_EQ(tieralloc_poison_report(big + (size_t{2} << 20) + 640, 1), 0);
+  l = listing(2);
+  ASSERT_EQ(l.blocks.size(), 1u);
+  EXPECT_EQ(l.blocks[0].addr, big);
+  EXPECT_EQ(l.blocks[0].size, tieralloc_usable_size(big));
+
+  // A freed block too large for the thread caches has gone back to the allocator: nothing listed.
+  const size_t gone_size = size_t{4} << 20;
+  char* gone = static_cast<char*>(tieralloc_mallocx(gone_size, 0));
+  ASSERT_NE(gone, nullptr);
+  std::memset(gone, 1, gone_size);
+  tieralloc_free(gone);
+  ASSERT_EQ(tieralloc_poison_report(gone + (size_t{2} << 20), 1), 0);
+  l = listing(3);
+  EXPECT_EQ(l.known, 1);
+  EXPECT_TRUE(l.blocks.empty()) << l.blocks.size() << " blocks, the first at " << l.blocks[0].addr;
 }
 
 TEST(Poison, StormOfReportsWhileOthersAllocate) {
