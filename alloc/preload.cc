@@ -16,6 +16,7 @@
 #include "alloc/process_topology.h"
 #include "alloc/sites.h"
 #include "os/fs.h"
+#include "os/signals.h"
 #include "poison/poison.h"
 #include "tiering/engine.h"
 
@@ -337,6 +338,7 @@ void write_stats_at_exit() {
 // Priority 101: before the constructors of the program and of libraries loaded after this one,
 // so their first allocations already land on tiers.
 __attribute__((constructor(101))) void tieralloc_start() {
+  os::note_library_started();
   heap_init();
   std::vector<std::string> ignored;  // heap_init already warned about bad options
   Options o = options_from_env(ignored);

@@ -15,6 +15,29 @@
 // sigaction() (ours, or a sanitizer's in front of it) and without dlsym, which may allocate.
 extern "C" int __sigaction(int signo, const struct sigaction* act, struct sigaction* oldact);
 
+#if defined(TIERALLOC_TSAN)
+// This file is built without TSan's instrumentation (os/CMakeLists.txt), so TSan cannot see the
+// lock below and would report every access it guards as a race. Telling it about each acquire and
+// release keeps its view of the code that uses the lock (instrumented) right -- once TSan's runtime
+// runs: it calls the interposed sigaction while it starts (see note_library_started).
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+namespace {
+std::atomic<bool> g_tsan_running{false};
+void tsan_acquire(void* addr) {
+  if (g_tsan_running.load(std::memory_order_relaxed)) __tsan_acquire(addr);
+}
+void tsan_release(void* addr) {
+  if (g_tsan_running.load(std::memory_order_relaxed)) __tsan_release(addr);
+}
+}  // namespace
+#else
+namespace {
+void tsan_acquire(void*) {}
+void tsan_release(void*) {}
+}  // namespace
+#endif
+
 namespace tieralloc::os {
 namespace {
 
@@ -182,6 +205,12 @@ void dispatch(int signo, siginfo_t* info, void* ucontext) {
 
 }  // namespace
 
+void note_library_started() {
+#if defined(TIERALLOC_TSAN)
+  g_tsan_running.store(true);
+#endif
+}
+
 SignalSafeLock::SignalSafeLock(std::atomic<pid_t>& word) : word_(word) {
   sigset_t all;
   sigfillset(&all);
@@ -194,9 +223,11 @@ SignalSafeLock::SignalSafeLock(std::atomic<pid_t>& word) : word_(word) {
     if (cur != 0 && cur != me && word_.compare_exchange_weak(cur, me, std::memory_order_acquire)) break;
     sched_yield();
   }
+  tsan_acquire(&word_);
 }
 
 SignalSafeLock::~SignalSafeLock() {
+  tsan_release(&word_);
   word_.store(0, std::memory_order_release);
   pthread_sigmask(SIG_SETMASK, &saved_, nullptr);
 }

@@ -23,6 +23,10 @@
 
 namespace tieralloc::os {
 
+// Called first by the library's constructor: sanitizer runtimes have started by then (they start
+// from the program's preinit array, and may call the interposed sigaction while they do).
+void note_library_started();
+
 // A lock for state shared with signal handlers: holders block every signal (so a handler never
 // waits for its own thread) and spin briefly. The word holds the holder's pid, so a child forked
 // while another thread held it takes it over instead of deadlocking (no pthread_atfork, which may

@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <random>
@@ -23,13 +25,27 @@
 #include "tests/support/stats_json.h"
 #include "tieralloc/tieralloc.h"
 
+// ASan and TSan install their own SIGSEGV/SIGBUS reporters before main; tieralloc would rightly
+// chain to them as the previous disposition, but these tests check the kernel's default actions.
 #if defined(__SANITIZE_ADDRESS__)
-// ASan installs its own SIGSEGV/SIGBUS reporters before main; tieralloc would rightly chain to
-// them as the previous disposition, but these tests check the kernel's default actions.
 extern "C" const char* __asan_default_options() { return "handle_segv=0:handle_sigbus=0"; }
+#endif
+#if defined(__SANITIZE_THREAD__)
+extern "C" const char* __tsan_default_options() { return "handle_segv=0:handle_sigbus=0"; }
 #endif
 
 namespace {
+
+// These tests report healthy frames as bad; the quarantine journal would remember them for every
+// later program of this user. ctest points it at a scratch file; run by hand, say where.
+class ScratchJournal : public ::testing::Environment {
+  void SetUp() override {
+    if (getenv("TIERALLOC_QUARANTINE_FILE")) return;
+    fprintf(stderr, "poison_test: set TIERALLOC_QUARANTINE_FILE to a scratch file (or off), or run it through ctest\n");
+    _exit(2);
+  }
+};
+[[maybe_unused]] ::testing::Environment* const g_scratch_journal = ::testing::AddGlobalTestEnvironment(new ScratchJournal);
 
 using tieralloc::testing::in_child;
 using tieralloc::testing::kernel_handler;
