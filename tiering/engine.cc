@@ -315,7 +315,13 @@ void migrate(Engine& e) {
         it = e.heat.erase(it);  // released by jemalloc's owner: no longer ours to track
         continue;
       }
-      if (!pinned(it->first)) runs.push_back(PageHeat{it->first, it->second.heat, pe.tier, it->second.moved});
+      // Address space jemalloc retains uncommitted holds nothing to move and is charged to no tier.
+      // Offered to the policy it is the coldest resident of its tier: the victim of every exchange
+      // and of every watermark round, whose demotion moves nothing while the promotion it made room
+      // for pushes the fast tier past its budget.
+      bool committed = false;
+      page_map().for_each_run(it->first, kRunBytes, [&](alloc::PageEntry p, size_t) { committed |= p.committed; });
+      if (committed && !pinned(it->first)) runs.push_back(PageHeat{it->first, it->second.heat, pe.tier, it->second.moved});
       ++it;
     }
   }
