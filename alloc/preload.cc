@@ -24,10 +24,12 @@
 // wrapped here with the poison subsystem's one branch: while nothing is quarantined (almost
 // always) the wrapper is a test of one global and a tail call into jemalloc's own fast path; while
 // something is, the poison slow path keeps quarantined pages from being handed out.
-#define TIERALLOC_QUARANTINE_ACTIVE() __builtin_expect(tieralloc::poison::anything_quarantined(), 0)
-// Allocation sites (alloc/sites.h): one word, 0 unless the tiering engine has a heat source. When it
-// is set, malloc, calloc and the unaligned operator new count down to the next sample inline and
-// go through an out-of-line function for a sample or, once sites have classes, the class lookup.
+// Allocation sites (alloc/sites.h), 0 unless the tiering engine has a heat source: when on,
+// malloc, calloc and the unaligned operator new count down to the next sample inline and go through
+// an out-of-line function for a sample or, once sites have classes, the class lookup. Both reasons
+// live in one word (alloc/detours.h), so the entry points that care about both test it once.
+#define TIERALLOC_DETOURS() __builtin_expect(tieralloc::alloc::detours() != 0, 0)
+#define TIERALLOC_QUARANTINE_ACTIVE() __builtin_expect((tieralloc::alloc::detours() & tieralloc::alloc::kQuarantine) != 0, 0)
 #define TIERALLOC_SITES_ACTIVE() __builtin_expect(tieralloc::alloc::site_mode() != 0, 0)
 #define TIERALLOC_CALLER() reinterpret_cast<uintptr_t>(__builtin_return_address(0))
 
@@ -76,8 +78,10 @@ __attribute__((noinline)) void* calloc_by_site(size_t n, size_t size, uintptr_t 
 extern "C" {
 
 __attribute__((visibility("default"))) void* malloc(size_t size) {
-  if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::malloc_avoiding(size);
-  if (TIERALLOC_SITES_ACTIVE() && !tieralloc::alloc::site_pass(size)) return malloc_by_site(size, TIERALLOC_CALLER());
+  if (TIERALLOC_DETOURS()) {
+    if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::malloc_avoiding(size);
+    if (!tieralloc::alloc::site_pass(size)) return malloc_by_site(size, TIERALLOC_CALLER());
+  }
   return tl_je_malloc(size);
 }
 
@@ -91,9 +95,11 @@ __attribute__((visibility("default"))) void free(void* ptr) {
 }
 
 __attribute__((visibility("default"))) void* calloc(size_t n, size_t size) {
-  if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::calloc_avoiding(n, size);
-  if (TIERALLOC_SITES_ACTIVE() && (n > 0xffffffffu || size > 0xffffffffu || !tieralloc::alloc::site_pass(n * size)))
-    return calloc_by_site(n, size, TIERALLOC_CALLER());
+  if (TIERALLOC_DETOURS()) {
+    if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::calloc_avoiding(n, size);
+    if (n > 0xffffffffu || size > 0xffffffffu || !tieralloc::alloc::site_pass(n * size))
+      return calloc_by_site(n, size, TIERALLOC_CALLER());
+  }
   return tl_je_calloc(n, size);
 }
 
@@ -234,9 +240,10 @@ __attribute__((noinline)) void* new_by_site(size_t size, uintptr_t site) {
 }  // namespace
 
 #define TIERALLOC_NEW_BY_SITE(call, size, nothrow, dflt)                                       \
-  if (TIERALLOC_QUARANTINE_ACTIVE()) return new_avoiding(size, 0, nothrow);                  \
-  if (TIERALLOC_SITES_ACTIVE() && !tieralloc::alloc::site_pass(size))                         \
-    return new_by_site<dflt>(size, TIERALLOC_CALLER());                                       \
+  if (TIERALLOC_DETOURS()) {                                                                  \
+    if (TIERALLOC_QUARANTINE_ACTIVE()) return new_avoiding(size, 0, nothrow);                 \
+    if (!tieralloc::alloc::site_pass(size)) return new_by_site<dflt>(size, TIERALLOC_CALLER()); \
+  }                                                                                           \
   return call
 
 extern "C" {

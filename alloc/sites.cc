@@ -10,7 +10,7 @@
 
 namespace tieralloc::alloc {
 
-constinit std::atomic<uint32_t> g_site_mode{0};
+constinit std::atomic<uint32_t> g_detours{0};
 constinit thread_local uint64_t t_site_bytes_left = 0;
 constinit SampleSlot g_samples[kSiteSamples] = {};
 
@@ -144,10 +144,10 @@ void site_free_steered(void* p) {
 void sites_start(uint64_t mean_bytes) {
   if (!mean_bytes) return;
   g_mean_bytes.store(mean_bytes, std::memory_order_relaxed);
-  g_site_mode.fetch_or(kSiteSample, std::memory_order_relaxed);
+  g_detours.fetch_or(kSiteSample, std::memory_order_relaxed);
 }
 
-void sites_stop() { g_site_mode.store(0, std::memory_order_relaxed); }
+void sites_stop() { g_detours.fetch_and(~kSiteBits, std::memory_order_relaxed); }
 
 uint64_t sites_sample_bytes() {
   return (site_mode() & kSiteSample) ? g_mean_bytes.load(std::memory_order_relaxed) : 0;
@@ -182,8 +182,8 @@ void site_set_class(uint32_t slot, SiteClass c) {
 
 void sites_set_steering(bool on) {
   if (!(site_mode() & kSiteSample)) return;  // stopped: stays off
-  if (on) g_site_mode.fetch_or(kSiteSteer, std::memory_order_relaxed);
-  else g_site_mode.fetch_and(~kSiteSteer, std::memory_order_relaxed);
+  if (on) g_detours.fetch_or(kSiteSteer, std::memory_order_relaxed);
+  else g_detours.fetch_and(~kSiteSteer, std::memory_order_relaxed);
 }
 
 SiteCounters site_counters() {

@@ -11,8 +11,9 @@
 // predictable branch; the slow path records (site, address, size) in fixed tables without
 // allocating.
 //
-// Without a heat source nothing here runs: the malloc family tests one word (site_mode(), 0 unless
-// the tiering engine runs with its sampler) and goes straight to jemalloc. With one, sampling runs
+// Without a heat source nothing here runs: the malloc family tests one word (alloc/detours.h, 0
+// unless the tiering engine runs with its sampler or something is quarantined) and goes straight
+// to jemalloc. With one, sampling runs
 // from the start and the class lookup (a small open-addressing hash of return address -> class, one
 // word per site, site and class read together) only once some site has a class.
 //
@@ -24,15 +25,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "alloc/detours.h"
+
 namespace tieralloc::alloc {
 
 enum class SiteClass : uint8_t { kUnknown = 0, kHot = 1, kCold = 2 };
 
-// Bits of the mode: allocations are sampled / default allocations are steered by their site's class.
-constexpr uint32_t kSiteSample = 1, kSiteSteer = 2;
-// Hidden: the wrappers read it PC-relative, one load, no GOT.
-extern constinit std::atomic<uint32_t> g_site_mode __attribute__((visibility("hidden")));
-inline uint32_t site_mode() { return g_site_mode.load(std::memory_order_relaxed); }
+// kSiteSample | kSiteSteer, or 0.
+inline uint32_t site_mode() { return detours() & kSiteBits; }
 
 constexpr size_t kSiteSlots = 4096;   // sites tracked at most
 // Sampled objects remembered: one table indexed by a hash of the object's address, a new sample

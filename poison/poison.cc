@@ -15,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "alloc/detours.h"
 #include "alloc/heap.h"
 #include "alloc/pagemap.h"
 #include "alloc/process_topology.h"
@@ -201,7 +202,8 @@ int insert(uintptr_t page, uint64_t lines, int source) {
   journal_lines(frame, lines, source);
   // Counted before access is taken away: the allocation path must already avoid the page when a
   // fault on it can happen.
-  g_quarantined_pages.fetch_add(1, std::memory_order_seq_cst);
+  if (g_quarantined_pages.fetch_add(1, std::memory_order_seq_cst) == 0)
+    alloc::g_detours.fetch_or(alloc::kQuarantine, std::memory_order_seq_cst);
   uintptr_t lo = g_low.load(std::memory_order_relaxed);
   if (page < lo) g_low.store(page, std::memory_order_relaxed);
   if (page + kPage > g_high.load(std::memory_order_relaxed)) g_high.store(page + kPage, std::memory_order_relaxed);
@@ -227,6 +229,7 @@ void remove(Slot* s) {
     }
   }
   if (g_quarantined_pages.fetch_sub(1, std::memory_order_seq_cst) == 1) {
+    alloc::g_detours.fetch_and(~alloc::kQuarantine, std::memory_order_seq_cst);
     g_low.store(UINTPTR_MAX, std::memory_order_relaxed);
     g_high.store(0, std::memory_order_relaxed);
   }
