@@ -73,14 +73,15 @@ class Reader {
  public:
   explicit Reader(unsigned size_classes) : size_classes_(size_classes) { je_rtree_ctx_data_init(cache_); }
 
-  // The extent jemalloc records over `page`, if any.
-  bool extent_at(uintptr_t page, Extent* out) {
+  // The extent jemalloc records over `page`, if any. Pages from `floor` down are known to name
+  // none that reaches `page`, so the search for a large block's head stops there.
+  bool extent_at(uintptr_t page, uintptr_t floor, Extent* out) {
     uintptr_t word;
     if (!leaf_word(page, &word)) return false;
     uintptr_t head = page;
     for (size_t back = 0; descriptor_of(word) == 0; ++back) {
       // An inner page of a large block, or memory jemalloc holds no record of.
-      if (back == kMaxScanPages || head < kPage) return false;
+      if (back == kMaxScanPages || head <= floor || head < kPage) return false;
       head -= kPage;
       if (!leaf_word(head, &word)) return false;
     }
@@ -149,9 +150,12 @@ long read_allocations(unsigned size_classes, uintptr_t addr, size_t len, tierall
   Reader reader(size_classes);
   Listing list(out, cap);
   const uintptr_t end = addr + len;
+  uintptr_t floor = 0;
   for (uintptr_t page = addr & ~(kPage - 1); page < end;) {
     Extent e;
-    if (!reader.extent_at(page, &e)) {
+    if (!reader.extent_at(page, floor, &e)) {
+      // Whatever the search from here found reaches no further: the next page's stops here.
+      floor = page;
       page += kPage;
       continue;
     }
