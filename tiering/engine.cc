@@ -22,7 +22,6 @@
 #include "alloc/sites.h"
 #include "os/fs.h"
 #include "os/memory.h"
-#include "tiering/frontier.h"
 #include "tiering/policy.h"
 #include "tiering/sampler.h"
 #include "tieralloc/tieralloc.h"
@@ -34,17 +33,6 @@ using alloc::heap_tier_count;
 using alloc::page_map;
 
 constexpr uint32_t kPolicyEvery = 4;  // periods between policy rounds
-// Spans of up to 2 MiB (32 runs): what the random sample arms at once, and how far one step of
-// the frontier reaches.
-constexpr size_t kSpanRuns = 32;
-// The frontier (frontier.h) grows from a run whose first touch came within the first half of the
-// window (score 2 or more, see sample()). The window is adapted so that at most a quarter of the
-// runs sampled at random are touched in it, so such a run is hotter than one merely touched: a
-// region of them is worth following, a cold run touched by chance is rarely followed, and a step
-// into cold memory rarely finds another.
-constexpr float kFrontierScore = 2;
-// A run sampled within this many periods is not explored again (its heat is fresh).
-constexpr uint32_t kFreshPeriods = 2 * kPolicyEvery;
 
 uint64_t now_ns(clockid_t clock = CLOCK_MONOTONIC) {
   struct timespec ts;
@@ -56,8 +44,6 @@ struct RunRecord {
   float heat = 0;
   uint32_t samples = 0;
   uint32_t moved = PageHeat::kNever;
-  uint32_t sampled = PageHeat::kNever;  // period of its last sample
-  bool touched = false;                 // in its last sample
 };
 
 // What the engine learned of one allocation site (alloc/sites.h), by its slot: first-touch credit and
@@ -93,7 +79,6 @@ struct Engine {
   pthread_t thread{};
   std::mutex window_lock;  // held while runs are armed and while pages move; fork waits on it
   Sampler sampler;
-  Frontier frontier{kRunBytes, kSpanRuns, Sampler::kMaxSpans / 4};
   std::unordered_map<uintptr_t, RunRecord> heat;  // by run address
   std::mt19937_64 rng{0x7469657261ull};
   uint32_t period = 0;
@@ -114,12 +99,10 @@ struct Engine {
   std::atomic<uint64_t> site_observations{0};
 
   // Figures for the stats document.
-  std::atomic<uint64_t> periods{0}, sampled_runs{0}, touched_runs{0}, frontier_runs{0};
+  std::atomic<uint64_t> periods{0}, sampled_runs{0}, touched_runs{0};
   std::atomic<uint64_t> promoted_bytes{0}, demoted_bytes{0}, failed_pages{0}, deferred_bytes{0}, cooling_runs{0};
   std::atomic<uint64_t> sampler_cpu_ns{0}, policy_cpu_ns{0}, started_ns{0};
   std::atomic<float> hot_threshold{0};
-  std::atomic<int> starved_tier{-1};  // the fastest tier of the last plan's unmatched_bytes, or -1
-  std::atomic<uint64_t> unmatched_bytes{0};
   std::atomic<size_t> tracked_runs{0};
   std::atomic<double> sampler_cpu_percent{0};
 };
@@ -127,24 +110,11 @@ struct Engine {
 Engine* g_engine = nullptr;
 const char* g_off_reason = "off: not started";
 
-bool overlaps(const Sampler::Span* spans, size_t n, uintptr_t lo, uintptr_t hi) {
-  for (size_t k = 0; k < n; ++k)
-    if (lo < spans[k].addr + spans[k].runs * kRunBytes && spans[k].addr < hi) return true;
-  return false;
-}
+// Spans of up to 2 MiB (32 runs), chosen at random over the mapped ranges, each with at least one
+// resident page (mincore): sampling untouched address space would only find it cold again.
+constexpr size_t kSpanRuns = 32;
 
-// Every page of the run is tieralloc's: the sampler may arm it.
-bool mapped_run(uintptr_t run) {
-  for (size_t p = 0; p < kRunPages; ++p)
-    if (!page_map().get(run + p * 4096).managed()) return false;
-  return true;
-}
-
-// Adds to the n spans already chosen spans of up to kSpanRuns runs, chosen at random over the
-// mapped ranges, each with at least one resident page (mincore): sampling untouched address space
-// would only find it cold again. With tier >= 0, each span is picked around a run of that tier
-// whose heat is not fresh. Returns the new count.
-size_t choose_spans(Engine& e, Sampler::Span* out, size_t n, size_t max_spans, size_t want_runs, int tier = -1) {
+size_t choose_spans(Engine& e, Sampler::Span* out, size_t max_spans, size_t want_runs) {
   static alloc::MappedRange ranges[4096];
   static unsigned char resident[kSpanRuns * kRunPages];
   size_t nranges = std::min<size_t>(alloc::heap_mapped_ranges(ranges, 4096), 4096);
@@ -156,8 +126,8 @@ size_t choose_spans(Engine& e, Sampler::Span* out, size_t n, size_t max_spans, s
     total += end > first ? (end - first) / kRunBytes : 0;
     cumulative.push_back(total);
   }
-  if (!total) return n;
-  size_t runs = 0;
+  if (!total) return 0;
+  size_t n = 0, runs = 0;
   for (size_t attempt = 0; attempt < 4 * max_spans && n < max_spans && runs < want_runs; ++attempt) {
     uint64_t pick = e.rng() % total;
     size_t r = static_cast<size_t>(std::upper_bound(cumulative.begin(), cumulative.end(), pick) - cumulative.begin());
@@ -166,15 +136,13 @@ size_t choose_spans(Engine& e, Sampler::Span* out, size_t n, size_t max_spans, s
     uintptr_t end = (ranges[r].addr + ranges[r].len) & ~(kRunBytes - 1);
     // The 2 MiB-aligned block around the picked run, clipped to the range.
     uintptr_t run = first + (pick - before) * kRunBytes;
-    if (tier >= 0) {
-      if (page_map().get(run).tier != tier) continue;
-      auto it = e.heat.find(run);
-      if (it != e.heat.end() && it->second.sampled != PageHeat::kNever && e.period - it->second.sampled < kFreshPeriods) continue;
-    }
     uintptr_t lo = std::max(first, run & ~(kSpanRuns * kRunBytes - 1));
     uintptr_t hi = std::min(end, lo + kSpanRuns * kRunBytes);
     hi = std::min<uintptr_t>(hi, lo + (want_runs - runs) * kRunBytes);
-    if (hi <= lo || overlaps(out, n, lo, hi) || mincore(reinterpret_cast<void*>(lo), hi - lo, resident) != 0) continue;
+    bool overlaps = false;
+    for (size_t k = 0; k < n; ++k)
+      overlaps |= lo < out[k].addr + out[k].runs * kRunBytes && out[k].addr < hi;
+    if (overlaps || hi <= lo || mincore(reinterpret_cast<void*>(lo), hi - lo, resident) != 0) continue;
     bool any = false;
     for (size_t i = 0; i < (hi - lo) / 4096; ++i) any |= resident[i] & 1;
     if (!any) continue;
@@ -258,45 +226,16 @@ size_t target_sample_runs(Engine& e, Sampler::Span* spans, size_t n, size_t want
   size_t added = 0;
   for (size_t attempt = 0; attempt < 4 * want && added < want; ++attempt) {
     uintptr_t run = e.target_runs[e.rng() % e.target_runs.size()];
-    if (overlaps(spans, n + added, run, run + kRunBytes) || !mapped_run(run)) continue;
+    bool overlaps = false;
+    for (size_t k = 0; k < n + added && !overlaps; ++k)
+      overlaps = run < spans[k].addr + spans[k].runs * kRunBytes && spans[k].addr < run + kRunBytes;
+    bool mapped = !overlaps;
+    for (size_t p = 0; p < kRunPages && mapped; ++p) mapped = page_map().get(run + p * 4096).managed();
+    if (!mapped) continue;
     spans[n + added] = Sampler::Span{run, 1};
     targeted[added++] = run;
   }
   return added;
-}
-
-// Queued frontier spans for this window, up to max_runs runs, each cut to the runs the sampler may
-// arm: the mapped end of a span that runs off tieralloc's memory. Returns how many spans.
-size_t take_frontier(Engine& e, Sampler::Span* spans, size_t max_spans, size_t max_runs) {
-  static Frontier::Span taken[Sampler::kMaxSpans];
-  size_t got = e.frontier.take(taken, std::min(max_spans, Sampler::kMaxSpans), max_runs), n = 0;
-  for (size_t k = 0; k < got; ++k) {
-    uintptr_t lo = taken[k].addr, hi = lo + taken[k].runs * kRunBytes;
-    if (mapped_run(lo)) {
-      for (uintptr_t r = lo + kRunBytes; r < hi; r += kRunBytes)
-        if (!mapped_run(r)) hi = r;
-    } else {
-      while (lo < hi && !mapped_run(lo)) lo += kRunBytes;
-    }
-    if (lo < hi && !overlaps(spans, n, lo, hi)) spans[n++] = Sampler::Span{lo, (hi - lo) / kRunBytes};
-  }
-  return n;
-}
-
-// Queues the neighbours of the runs this window found hot (frontier.h). A run sampled lately, or
-// already on the fastest tier, needs no exploring; one the sampler may not arm cannot have it.
-void grow_frontier(Engine& e, const uintptr_t* hot, size_t nhot) {
-  // A neighbour sampled lately and touched, if not soon enough to be followed itself, does not end
-  // a region: one late first touch at a hot region's edge would otherwise stop its growth there.
-  auto classify = [&](uintptr_t run) {
-    auto it = e.heat.find(run);
-    if (it != e.heat.end() && it->second.sampled != PageHeat::kNever && e.period - it->second.sampled < kFreshPeriods)
-      return it->second.touched ? Frontier::Neighbour::kPassOver : Frontier::Neighbour::kStop;
-    alloc::PageEntry pe = page_map().get(run);
-    if (!pe.managed()) return Frontier::Neighbour::kStop;
-    return pe.tier == 0 ? Frontier::Neighbour::kPassOver : Frontier::Neighbour::kExplore;
-  };
-  for (size_t i = 0; i < nhot; ++i) e.frontier.hot_run(hot[i], classify);
 }
 
 // One sampling window: arm, wait, disarm, fold the touches into page heat. A touch soon after
@@ -310,21 +249,7 @@ void sample(Engine& e) {
   // sites that still lack evidence: random runs alone would visit a site's few samples too rarely
   // to learn its heat in seconds.
   size_t targets = e.target_runs.empty() ? 0 : std::clamp<size_t>(want / 4, 1, Sampler::kMaxSpans / 4);
-  // Up to three quarters of the runs go to the frontier, the rest stay random: the frontier only
-  // follows what the random sample found, and the random sample is what notices runs cooling.
-  const size_t nf = take_frontier(e, spans, Sampler::kMaxSpans / 4, want * 3 / 4);
-  size_t n = nf, nfrontier = 0;
-  for (size_t k = 0; k < nf; ++k) nfrontier += spans[k].runs;
-  size_t rest = want > targets + nfrontier ? want - targets - nfrontier : 1;
-  // A tier that hot runs cannot enter for want of residents known to be colder (the last plan's
-  // unmatched_bytes) gets half of the random runs, around its residents not seen lately: they are
-  // where the runs to demote in exchange are found, much as reclaim scans the LRU of the node under
-  // pressure rather than all memory.
-  if (int starved = e.starved_tier.load(std::memory_order_relaxed); starved >= 0 && rest > 1) {
-    n = choose_spans(e, spans, n, Sampler::kMaxSpans - targets, rest / 2, starved);
-    rest -= rest / 2;
-  }
-  n = choose_spans(e, spans, n, Sampler::kMaxSpans - targets, rest);
+  size_t n = choose_spans(e, spans, Sampler::kMaxSpans - targets, want > targets ? want - targets : 1);
   static uintptr_t targeted[Sampler::kMaxSpans];
   size_t ntargeted = target_sample_runs(e, spans, n, std::min(targets, Sampler::kMaxSpans - n), targeted);
   n += ntargeted;
@@ -338,11 +263,7 @@ void sample(Engine& e) {
     }
     got = e.sampler.disarm(results);
   }
-  uint64_t touched = 0, random_runs = 0, random_touched = 0;
-  // Runs hot enough to be promoted and touched soon enough to be followed (kFrontierScore).
-  static uintptr_t hot[Sampler::kMaxRuns];
-  size_t nhot = 0;
-  const float bar = e.hot_threshold.load(std::memory_order_relaxed) * static_cast<float>(1.0 + PolicyConfig{}.margin);
+  uint64_t touched = 0;
   for (size_t i = 0; i < got; ++i) {
     uint32_t us = results[i].fault_us;
     float score = 0;
@@ -350,26 +271,17 @@ void sample(Engine& e) {
       ++touched;
       score = 1.0f + static_cast<float>(std::clamp(std::log2(e.window_us.load() / us), 0.0, 11.0));
     }
-    RunRecord& rec = e.heat[results[i].run];
-    observe(e, rec, score);
-    rec.sampled = e.period;
-    rec.touched = us != 0;
-    if (score >= kFrontierScore && rec.heat >= bar) hot[nhot++] = results[i].run;
+    observe(e, e.heat[results[i].run], score);
     credit_sites(e, results[i], score);
     // The baseline a site is compared with: the density of an average resident byte, from the
     // runs chosen at random only.
-    if (!std::binary_search(targeted, targeted + ntargeted, results[i].run) && !overlaps(spans, nf, results[i].run, results[i].run + kRunBytes)) {
+    if (!std::binary_search(targeted, targeted + ntargeted, results[i].run))
       e.base_credit += score, e.base_observations += 1, e.base_touched += us != 0;
-      ++random_runs, random_touched += us != 0;
-    }
   }
-  grow_frontier(e, hot, nhot);
-  e.frontier_runs.fetch_add(nfrontier, std::memory_order_relaxed);
   // A window in which almost nothing is touched learns nothing; one in which almost everything is
   // cannot tell hot from warm and costs a fault per page. Aim between.
-  // Judged on the random runs only: the frontier's and the sites' are chosen for being hot.
-  if (random_runs) {
-    double share = static_cast<double>(random_touched) / static_cast<double>(random_runs);
+  if (got) {
+    double share = static_cast<double>(touched) / static_cast<double>(got);
     double w = e.window_us.load();
     if (share < 0.02) w *= 1.25;
     else if (share > 0.25) w /= 1.25;
@@ -434,11 +346,6 @@ void migrate(Engine& e) {
   if (!plan.thresholds.empty()) e.hot_threshold.store(plan.thresholds[0], std::memory_order_relaxed);
   e.deferred_bytes.fetch_add(plan.deferred_bytes, std::memory_order_relaxed);
   e.cooling_runs.fetch_add(plan.cooling_pages, std::memory_order_relaxed);
-  int starved = -1;
-  for (size_t t = 0; t < plan.unmatched_bytes.size() && starved < 0; ++t)
-    if (plan.unmatched_bytes[t]) starved = static_cast<int>(t);
-  e.starved_tier.store(starved, std::memory_order_relaxed);
-  for (uint64_t b : plan.unmatched_bytes) e.unmatched_bytes.fetch_add(b, std::memory_order_relaxed);
   e.policy_cpu_ns.fetch_add(now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0, std::memory_order_relaxed);
 
   // Moves grouped by destination, a batch of runs at a time; the window lock is taken per batch
@@ -629,19 +536,19 @@ std::string engine_stats_json() {
   double cpu_total = static_cast<double>(e->sampler_cpu_ns.load() + e->policy_cpu_ns.load()) / 1e9;
   snprintf(buf, sizeof buf,
            "{\"engine\": \"%s\", \"source\": \"%s\", \"migration\": \"%s\", \"policy\": \"%s\", "
-           "\"periods\": %llu, \"runs_per_period\": %.0f, \"sampled_runs\": %llu, \"touched_runs\": %llu, \"frontier_runs\": %llu, "
+           "\"periods\": %llu, \"runs_per_period\": %.0f, \"sampled_runs\": %llu, \"touched_runs\": %llu, "
            "\"window_us\": %.0f, \"faults\": %llu, \"tracked_runs\": %zu, \"hot_threshold\": %.3f, "
            "\"sampler_cpu_percent\": %.3f, \"sampler_cpu_budget_percent\": %.2f, \"engine_cpu_percent\": %.3f, "
            "\"promoted_bytes\": %llu, \"demoted_bytes\": %llu, \"failed_pages\": %llu, \"deferred_bytes\": %llu, "
-           "\"cooling_runs\": %llu, \"unmatched_bytes\": %llu, \"migrate_rate\": %llu, "
+           "\"cooling_runs\": %llu, \"migrate_rate\": %llu, "
            "\"kernel\": {\"numa_balancing\": %d, \"demotion_enabled\": %s, \"kernel_promotes\": %s}}",
            e->running ? "running" : e->forked_child ? "stopped in forked child" : "stopped",
            e->cfg.sampler_cpu_percent > 0 ? "sampler" : "none",
            alloc::heap_emulated() ? "page map only (emulated tiers)" : "move_pages", e->cfg.migrate ? "auto" : "static",
-           u(e->periods), e->runs_per_period.load(), u(e->sampled_runs), u(e->touched_runs), u(e->frontier_runs),
+           u(e->periods), e->runs_per_period.load(), u(e->sampled_runs), u(e->touched_runs),
            e->window_us.load(), static_cast<unsigned long long>(Sampler::faults()), e->tracked_runs.load(), e->hot_threshold.load(),
            e->sampler_cpu_percent.load(), e->cfg.sampler_cpu_percent, wall_s > 0 ? 100.0 * cpu_total / wall_s : 0.0,
-           u(e->promoted_bytes), u(e->demoted_bytes), u(e->failed_pages), u(e->deferred_bytes), u(e->cooling_runs), u(e->unmatched_bytes),
+           u(e->promoted_bytes), u(e->demoted_bytes), u(e->failed_pages), u(e->deferred_bytes), u(e->cooling_runs),
            static_cast<unsigned long long>(e->cfg.migrate_rate), topo.kernel.numa_balancing,
            topo.kernel.demotion_enabled ? (*topo.kernel.demotion_enabled ? "true" : "false") : "null",
            e->kernel_promotes ? "true" : "false");
