@@ -596,10 +596,19 @@ std::vector<json> run_redis(const Setup& s, const Params& p, Progress& progress)
   std::vector<json> items;
   std::vector<std::string> configs{"own-jemalloc"};
   for (const auto& l : p.limits) configs.push_back(l);
-  // The servers' working directory (it stays empty: no persistence) and the statistics files.
-  std::string tmpl = (std::filesystem::temp_directory_path() / "tieralloc-bench-redis-XXXXXX").string();
-  if (!mkdtemp(tmpl.data())) throw BenchError("cannot create a directory like " + tmpl + ": " + strerror(errno));
-  const std::string tmp = tmpl;
+  // The servers' working directory (it stays empty: no persistence) and the statistics files;
+  // removed however the run ends, a failed one included (they throw).
+  struct ScratchDir {
+    std::string path = (std::filesystem::temp_directory_path() / "tieralloc-bench-redis-XXXXXX").string();
+    ScratchDir() {
+      if (!mkdtemp(path.data())) throw BenchError("cannot create a directory like " + path + ": " + strerror(errno));
+    }
+    ~ScratchDir() {
+      std::error_code ignored;
+      std::filesystem::remove_all(path, ignored);
+    }
+  } scratch;
+  const std::string& tmp = scratch.path;
   for (const auto& config : configs) {
     const bool preload = config != "own-jemalloc";
     const uint64_t fast = config == "none" || !preload ? 0 : parse_size(config);
@@ -696,10 +705,8 @@ std::vector<json> run_redis(const Setup& s, const Params& p, Progress& progress)
           for (size_t t = 1; t < st["tiers"].size(); ++t) slow += st["tiers"][t].value("used_bytes", uint64_t{0});
           item["slow_bytes"] = slow;
         }
-      unlink(stats.c_str());
     }
   }
-  rmdir(tmp.c_str());
   return items;
 }
 
