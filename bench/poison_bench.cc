@@ -242,15 +242,25 @@ BENCHMARK(BM_MallocFreeThousandQuarantined)->Arg(64)->Arg(4096)->Iterations(8)->
 
 // n clean pages between two guard pages; kAround quarantines the guards, kInside the middle page.
 struct Region {
+  Quarantine kind;
   char* base;
   char* range;
   std::vector<char*> quarantined;
 
-  Region(size_t n, Quarantine q) : base(own_pages(n + 2)), range(base + kPage) {
+  Region(size_t n, Quarantine q) : kind(q), base(own_pages(n + 2)), range(base + kPage) {
     if (q == Quarantine::kAround) quarantined = {base, range + n * kPage};
     if (q == Quarantine::kInside) quarantined = {range + n / 2 * kPage};
   }
-  bool quarantine() { return std::all_of(quarantined.begin(), quarantined.end(), quarantine_line); }
+  // Quarantines the region's lines and labels the benchmark; false (the benchmark skipped) when a
+  // report fails.
+  bool quarantine(benchmark::State& state) {
+    if (!std::all_of(quarantined.begin(), quarantined.end(), quarantine_line)) {
+      state.SkipWithError("tieralloc_poison_report failed");
+      return false;
+    }
+    state.SetLabel(describe(kind));
+    return true;
+  }
   ~Region() {
     for (char* p : quarantined) repair_line(p);
     tieralloc_free(base);
@@ -260,11 +270,7 @@ struct Region {
 void BM_PoisonCheck(benchmark::State& state, Quarantine q) {
   const auto bytes = static_cast<size_t>(state.range(0));
   Region region(bytes / kPage, q);
-  if (!region.quarantine()) {
-    state.SkipWithError("tieralloc_poison_report failed");
-    return;
-  }
-  state.SetLabel(describe(q));
+  if (!region.quarantine(state)) return;
   // A check copies nothing (no bytes/s); the memcpy says what reading the range would cost instead.
   paired_with_memcpy(
       state, bytes, 256, region.range, [&] { return tieralloc_poison_check(region.range, bytes) == 0; }, false);
@@ -278,11 +284,7 @@ BENCHMARK_CAPTURE(BM_PoisonCheck, quarantined_around, Quarantine::kAround)
 void BM_RecoveryRead(benchmark::State& state, Quarantine q) {
   const auto bytes = static_cast<size_t>(state.range(0));
   Region region(bytes / kPage, q);
-  if (!region.quarantine()) {
-    state.SkipWithError("tieralloc_poison_report failed");
-    return;
-  }
-  state.SetLabel(describe(q));
+  if (!region.quarantine(state)) return;
   std::vector<char> out(bytes);
   // A clean range must come back whole; one quarantined line must come back as exactly that.
   const bool inside = q == Quarantine::kInside;

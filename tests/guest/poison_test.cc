@@ -380,11 +380,8 @@ TEST_P(GuestPoison, EarlyKillActionOptionalQuarantinesBeforeAnyConsumption) {
 // program sees nothing.
 TEST_P(GuestPoison, PoisonOnAFreePageIsAbsorbed) {
   const size_t size = FreedBlock::kSize;
-  const FreedBlock freed = free_a_filled_block();
+  const auto [block, victim, bad_pfn] = free_a_filled_block();
   ASSERT_FALSE(HasFailure());
-  char* const block = freed.block;
-  char* const victim = freed.victim;
-  const uint64_t bad_pfn = freed.victim_pfn;
   const auto absorbed_before = stats_figure(stats_json(), "free_absorbed_pages");
   ASSERT_EQ(prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY, 0, 0), 0);
 
@@ -416,11 +413,8 @@ TEST_P(GuestPoison, PoisonConsumedByTheAllocatorsOwnZeroingIsRepairedOnTheSpot) 
   const size_t quarantined = tieralloc_quarantined_bytes();
 
   const size_t size = FreedBlock::kSize;
-  const FreedBlock freed = free_a_filled_block();
+  const auto [block, victim, bad_pfn] = free_a_filled_block();
   ASSERT_FALSE(HasFailure());
-  char* const block = freed.block;
-  char* const victim = freed.victim;
-  const uint64_t bad_pfn = freed.victim_pfn;
   const auto replaced_before = stats_figure(stats_json(), "zeroing_replaced_pages");
 
   ASSERT_EQ(madvise(victim, kPage, MADV_HWPOISON), 0) << strerror(errno);
