@@ -16,12 +16,7 @@
 #include <cstring>
 
 #include "tests/support/fault.h"
-
-#if defined(__SANITIZE_THREAD__)
-// TSan installs its own SIGSEGV/SIGBUS reporters before main; these tests check the kernel's
-// default actions. (Under ASan the same is set through the test's environment, tests/CMakeLists.txt.)
-extern "C" const char* __tsan_default_options() { return "handle_segv=0:handle_sigbus=0"; }
-#endif
+#include "tests/support/kernel_default_actions.h"
 
 namespace {
 

@@ -22,17 +22,9 @@
 #include <vector>
 
 #include "tests/support/fault.h"
+#include "tests/support/kernel_default_actions.h"
 #include "tests/support/stats_json.h"
 #include "tieralloc/tieralloc.h"
-
-// ASan and TSan install their own SIGSEGV/SIGBUS reporters before main; tieralloc would rightly
-// chain to them as the previous disposition, but these tests check the kernel's default actions.
-#if defined(__SANITIZE_ADDRESS__)
-extern "C" const char* __asan_default_options() { return "handle_segv=0:handle_sigbus=0"; }
-#endif
-#if defined(__SANITIZE_THREAD__)
-extern "C" const char* __tsan_default_options() { return "handle_segv=0:handle_sigbus=0"; }
-#endif
 
 namespace {
 
