@@ -29,7 +29,7 @@
 // an out-of-line function for a sample or, once sites have classes, the class lookup. Both reasons
 // live in one word (alloc/detours.h), so the entry points that care about both test it once.
 #define TIERALLOC_DETOURS() __builtin_expect(tieralloc::alloc::detours() != 0, 0)
-#define TIERALLOC_QUARANTINE_ACTIVE() __builtin_expect((tieralloc::alloc::detours() & tieralloc::alloc::kQuarantine) != 0, 0)
+#define TIERALLOC_QUARANTINE_ACTIVE() __builtin_expect(tieralloc::poison::anything_quarantined(), 0)
 #define TIERALLOC_SITES_ACTIVE() __builtin_expect(tieralloc::alloc::site_mode() != 0, 0)
 #define TIERALLOC_CALLER() reinterpret_cast<uintptr_t>(__builtin_return_address(0))
 

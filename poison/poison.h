@@ -14,14 +14,18 @@
 #include <cstdint>
 #include <string>
 
+#include "alloc/detours.h"
+
 namespace tieralloc::poison {
 
 constexpr size_t kLineSize = 64;
 constexpr size_t kLinesPerPage = 64;
 
-// Pages quarantined now. Zero almost always: the allocation fast path tests it and nothing else.
+// Pages quarantined now.
 extern std::atomic<size_t> g_quarantined_pages __attribute__((visibility("hidden")));
-inline bool anything_quarantined() { return g_quarantined_pages.load(std::memory_order_relaxed) != 0; }
+// Whether that count is above zero, as the allocation fast path sees it (alloc/detours.h): set
+// before a page loses access, cleared after the last one is back.
+inline bool anything_quarantined() { return alloc::detours() & alloc::kQuarantine; }
 
 // Installs the SIGBUS (machine check) and SIGSEGV (stray access) filters unless `enabled` is
 // false (TIERALLOC_POISON=off). Once; later calls do nothing.
