@@ -80,7 +80,6 @@ Plan plan_moves(std::span<const PageHeat> pages, std::span<const TierBudget> tie
   for (auto& c : cold) std::sort(c.begin(), c.end(), [](auto* a, auto* b) { return a->heat < b->heat; });
   std::sort(promote.begin(), promote.end(), [](auto* a, auto* b) { return a->heat > b->heat; });
   std::vector<size_t> next_cold(static_cast<size_t>(n), 0);
-  plan.unmatched_bytes.assign(static_cast<size_t>(n), 0);
 
   auto spend = [&](uint64_t bytes) {
     if (byte_budget < bytes) return false;
@@ -115,11 +114,7 @@ Plan plan_moves(std::span<const PageHeat> pages, std::span<const TierBudget> tie
     bool room = high[to] == kUnlimited || used[to] + page <= high[to];
     const PageHeat* victim = nullptr;
     if (!room) {
-      if (to >= n - 1) continue;
-      if (next_cold[to] >= cold[to].size()) {
-        plan.unmatched_bytes[to] += page;
-        continue;
-      }
+      if (to >= n - 1 || next_cold[to] >= cold[to].size()) continue;
       victim = cold[to][next_cold[to]];
       if (victim->heat >= p->heat * static_cast<float>(1.0 - cfg.margin)) continue;
     }

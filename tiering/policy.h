@@ -52,11 +52,6 @@ struct Plan {
   uint64_t promoted_bytes = 0, demoted_bytes = 0;
   uint64_t deferred_bytes = 0;   // wanted to move but over the rate budget
   uint64_t cooling_pages = 0;    // wanted to move but inside their cool-down
-  // Per tier: promotions into it that found it full with no resident known to be colder to
-  // exchange with (every resident it has heat for is moving already, or it has heat for none).
-  // Pages whose heat is unknown cannot be chosen; the heat source should look at this tier's
-  // residents.
-  std::vector<uint64_t> unmatched_bytes;
 };
 
 // Heat at or above which pages fill at most `capacity_bytes` (a 128-bin histogram between 0 and

@@ -163,33 +163,6 @@ TEST(Plan, ThreeTiersPromoteAndDemoteAcrossBothBoundaries) {
   for (size_t i = 36; i < 60; ++i) EXPECT_GE(v[i].tier, 1) << i;
 }
 
-TEST(Plan, ReportsPromotionsThatFindNoKnownResidentToExchange) {
-  // Tier 0 is full of pages the heat source has not seen (no entries): the hot newcomers can go
-  // nowhere, and the plan says so for tier 0, so that the heat source looks at its residents.
-  auto hot = pages(20, 1, 9.0f);
-  TierBudget tiers[2] = {{100 * kPage, 100 * kPage}, {kUnlimited, 20 * kPage}};
-  Plan p = plan_moves(hot, tiers, PolicyConfig{}, 100, kUnlimited);
-  EXPECT_TRUE(p.moves.empty());
-  ASSERT_EQ(p.unmatched_bytes.size(), 2u);
-  EXPECT_EQ(p.unmatched_bytes[0], 20 * kPage);
-  // With five known cold residents (and no watermark shedding them first), five exchange and
-  // fifteen remain unmatched.
-  PolicyConfig full;
-  full.high_watermark = full.low_watermark = 1.0;
-  auto v = hot;
-  auto cold = pages(5, 0, 0.1f, 0x30000000);
-  v.insert(v.end(), cold.begin(), cold.end());
-  p = plan_moves(v, tiers, full, 100, kUnlimited);
-  EXPECT_EQ(p.promoted_bytes, 5 * kPage);
-  EXPECT_EQ(p.unmatched_bytes[0], 15 * kPage);
-  // A resident known to be hotter is no exchange partner, but it is no lack of knowledge either.
-  for (auto& c : v)
-    if (c.tier == 0) c.heat = 50.0f;
-  p = plan_moves(v, tiers, full, 100, kUnlimited);
-  EXPECT_EQ(p.promoted_bytes, 0u);
-  EXPECT_EQ(p.unmatched_bytes[0], 0u);
-}
-
 // Allocation sites: the credit of one observation, and classification against the baseline.
 constexpr uintptr_t kRun = 0x40000000;
 constexpr size_t kRunBytes = 65536;
