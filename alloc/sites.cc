@@ -181,9 +181,16 @@ void site_set_class(uint32_t slot, SiteClass c) {
 }
 
 void sites_set_steering(bool on) {
-  if (!(site_mode() & kSiteSample)) return;  // stopped: stays off
-  if (on) g_detours.fetch_or(kSiteSteer, std::memory_order_relaxed);
-  else g_detours.fetch_and(~kSiteSteer, std::memory_order_relaxed);
+  if (!on) {
+    g_detours.fetch_and(~kSiteSteer, std::memory_order_relaxed);
+    return;
+  }
+  // Steering only while sampling is on, decided in the same word: sites_stop may run meanwhile
+  // (engine_stop, from another thread), and steering left on without sampling would send every
+  // malloc and free down the sites' slow path for good.
+  uint32_t d = g_detours.load(std::memory_order_relaxed);
+  while ((d & kSiteSample) && !g_detours.compare_exchange_weak(d, d | kSiteSteer, std::memory_order_relaxed)) {
+  }
 }
 
 SiteCounters site_counters() {
