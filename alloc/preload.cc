@@ -28,9 +28,10 @@
 // malloc, calloc and the unaligned operator new count down to the next sample inline and go through
 // an out-of-line function for a sample or, once sites have classes, the class lookup. Both reasons
 // live in one word (alloc/detours.h), so the entry points that care about both test it once.
-#define TIERALLOC_DETOURS() __builtin_expect(tieralloc::alloc::detours() != 0, 0)
+// The word is loaded once per call and handed to sites' inline checks.
+#define TIERALLOC_DETOURS(d) __builtin_expect((d) != 0, 0)
 #define TIERALLOC_QUARANTINE_ACTIVE() __builtin_expect(tieralloc::poison::anything_quarantined(), 0)
-#define TIERALLOC_SITES_ACTIVE() __builtin_expect(tieralloc::alloc::site_mode() != 0, 0)
+#define TIERALLOC_SITES_ACTIVE(d) __builtin_expect(((d) & tieralloc::alloc::kSiteBits) != 0, 0)
 #define TIERALLOC_CALLER() reinterpret_cast<uintptr_t>(__builtin_return_address(0))
 
 extern "C" {
@@ -78,9 +79,10 @@ __attribute__((noinline)) void* calloc_by_site(size_t n, size_t size, uintptr_t 
 extern "C" {
 
 __attribute__((visibility("default"))) void* malloc(size_t size) {
-  if (TIERALLOC_DETOURS()) {
-    if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::malloc_avoiding(size);
-    if (!tieralloc::alloc::site_pass(size)) return malloc_by_site(size, TIERALLOC_CALLER());
+  const uint32_t d = tieralloc::alloc::detours();
+  if (TIERALLOC_DETOURS(d)) {
+    if (d & tieralloc::alloc::kQuarantine) return tieralloc::poison::malloc_avoiding(size);
+    if (!tieralloc::alloc::site_pass(size, d)) return malloc_by_site(size, TIERALLOC_CALLER());
   }
   return tl_je_malloc(size);
 }
@@ -90,14 +92,16 @@ __attribute__((visibility("default"))) void* malloc(size_t size) {
 // came from -- jemalloc's free would put a cold site's block in the default cache, for the next
 // default allocation of its size class from any site. Otherwise free is jemalloc's.
 __attribute__((visibility("default"))) void free(void* ptr) {
-  if (TIERALLOC_SITES_ACTIVE() && !tieralloc::alloc::site_free_plain(ptr)) return tieralloc::alloc::site_free_steered(ptr);
+  const uint32_t d = tieralloc::alloc::detours();
+  if (TIERALLOC_SITES_ACTIVE(d) && !tieralloc::alloc::site_free_plain(ptr, d)) return tieralloc::alloc::site_free_steered(ptr);
   tl_je_free(ptr);
 }
 
 __attribute__((visibility("default"))) void* calloc(size_t n, size_t size) {
-  if (TIERALLOC_DETOURS()) {
-    if (TIERALLOC_QUARANTINE_ACTIVE()) return tieralloc::poison::calloc_avoiding(n, size);
-    if (n > 0xffffffffu || size > 0xffffffffu || !tieralloc::alloc::site_pass(n * size))
+  const uint32_t d = tieralloc::alloc::detours();
+  if (TIERALLOC_DETOURS(d)) {
+    if (d & tieralloc::alloc::kQuarantine) return tieralloc::poison::calloc_avoiding(n, size);
+    if (n > 0xffffffffu || size > 0xffffffffu || !tieralloc::alloc::site_pass(n * size, d))
       return calloc_by_site(n, size, TIERALLOC_CALLER());
   }
   return tl_je_calloc(n, size);
@@ -132,8 +136,9 @@ __attribute__((visibility("default"))) size_t xallocx(void* ptr, size_t size, si
 // 5.3.0); glibc and POSIX say ENOMEM. The original block is untouched either way.
 __attribute__((visibility("default"))) void* realloc(void* ptr, size_t size) {
   // A sample may move or be freed (size 0): forgotten either way, as realloc is not sampled.
-  if (TIERALLOC_SITES_ACTIVE() && ptr) tieralloc::alloc::site_forget(ptr);
-  void* q = TIERALLOC_QUARANTINE_ACTIVE() ? tieralloc::poison::realloc_avoiding(ptr, size) : tl_je_realloc(ptr, size);
+  const uint32_t d = tieralloc::alloc::detours();
+  if (TIERALLOC_SITES_ACTIVE(d) && ptr) tieralloc::alloc::site_forget(ptr);
+  void* q = (d & tieralloc::alloc::kQuarantine) ? tieralloc::poison::realloc_avoiding(ptr, size) : tl_je_realloc(ptr, size);
   if (__builtin_expect(!q && size, 0) && errno != EIO) errno = ENOMEM;
   return q;
 }
@@ -239,11 +244,12 @@ __attribute__((noinline)) void* new_by_site(size_t size, uintptr_t site) {
 
 }  // namespace
 
-#define TIERALLOC_NEW_BY_SITE(call, size, nothrow, dflt)                                       \
-  if (TIERALLOC_DETOURS()) {                                                                  \
-    if (TIERALLOC_QUARANTINE_ACTIVE()) return new_avoiding(size, 0, nothrow);                 \
-    if (!tieralloc::alloc::site_pass(size)) return new_by_site<dflt>(size, TIERALLOC_CALLER()); \
-  }                                                                                           \
+#define TIERALLOC_NEW_BY_SITE(call, size, nothrow, dflt)                                          \
+  const uint32_t d = tieralloc::alloc::detours();                                                \
+  if (TIERALLOC_DETOURS(d)) {                                                                    \
+    if (d & tieralloc::alloc::kQuarantine) return new_avoiding(size, 0, nothrow);                \
+    if (!tieralloc::alloc::site_pass(size, d)) return new_by_site<dflt>(size, TIERALLOC_CALLER()); \
+  }                                                                                              \
   return call
 
 extern "C" {
@@ -257,9 +263,10 @@ void tl_je_ZdaPvm(void*, size_t) noexcept;
 
 // The unaligned operator delete, for the same reason as free (the aligned operator new is never
 // steered, so the aligned deletes stay jemalloc's).
-#define TIERALLOC_DELETE(call, ptr)                                  \
-  if (TIERALLOC_SITES_ACTIVE() && !tieralloc::alloc::site_free_plain(ptr)) \
-    return tieralloc::alloc::site_free_steered(ptr);                           \
+#define TIERALLOC_DELETE(call, ptr)                                           \
+  const uint32_t d = tieralloc::alloc::detours();                               \
+  if (TIERALLOC_SITES_ACTIVE(d) && !tieralloc::alloc::site_free_plain(ptr, d)) \
+    return tieralloc::alloc::site_free_steered(ptr);                            \
   call
 
 void operator delete(void* p) noexcept { TIERALLOC_DELETE(tl_je_ZdlPv(p), p); }

@@ -54,9 +54,9 @@ int site_tier(uintptr_t site);
 
 // True when an allocation of `size` bytes needs nothing more from sites: sampling only, and the
 // countdown (decremented here) has not run out. The wrappers' common case with sites on, so it
-// is inline and leaves them a tail call into jemalloc.
-inline bool site_pass(size_t size) {
-  if (site_mode() != kSiteSample) return false;
+// is inline and leaves them a tail call into jemalloc. `detour_word` is the wrapper's detours().
+inline bool site_pass(size_t size, uint32_t detour_word) {
+  if ((detour_word & kSiteBits) != kSiteSample) return false;
   const uint64_t left = t_site_bytes_left;
   if (__builtin_expect(size >= left, 0)) return false;
   t_site_bytes_left = left - size;
@@ -107,9 +107,9 @@ inline void site_forget(const void* p) {
 // For a block being freed while sites are on: forgets it if it is a sample (a freed object's memory
 // must not be credited to its site: its dead objects would look untouched, and cold); true when
 // it then goes to jemalloc's own free, false when it must go through site_free_steered.
-inline bool site_free_plain(const void* p) {
+inline bool site_free_plain(const void* p, uint32_t detour_word) {
   site_forget(p);
-  return !(site_mode() & kSiteSteer);
+  return !(detour_word & kSiteSteer);
 }
 
 // Starts sampling every mean_bytes on average (the tiering engine, when it has a heat source);
