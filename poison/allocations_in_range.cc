@@ -132,9 +132,9 @@ bool region_in_use(const Extent& e, size_t region) {
 
 class Listing {
  public:
-  Listing(tieralloc_allocation* out, size_t cap) : out_(out), cap_(cap) {}
+  Listing(tieralloc_allocation* out, size_t cap) : out_(out), cap_(cap), any_held_(held_blocks() != 0) {}
   void add(uintptr_t block, size_t size) {
-    if (held_aside(block)) return;
+    if (any_held_ && held_aside(block)) return;
     if (count_ < cap_) out_[count_] = tieralloc_allocation{reinterpret_cast<void*>(block), size};
     ++count_;
   }
@@ -144,6 +144,7 @@ class Listing {
   tieralloc_allocation* out_;
   size_t cap_;
   size_t count_ = 0;
+  bool any_held_;  // held_aside takes a lock and scans: asked only when there is something to find
 };
 
 long read_allocations(unsigned size_classes, uintptr_t addr, size_t len, tieralloc_allocation* out, size_t cap) {
