@@ -31,6 +31,10 @@ const char* malloc_conf = "tcache_max:1048576,tcache_nslots_large:8,tcache_gc_in
 namespace tieralloc::alloc {
 namespace {
 
+// jemalloc's name for "every arena" is a number spliced into the mallctl path.
+static_assert(MALLCTL_ARENAS_ALL == 4096);
+constexpr const char* kPurgeAllArenas = "arena.4096.purge";
+
 using numa::Topology;
 
 // Policy slots: 0 = automatic arenas (fill fast first); 1 + 2*tier + strict = explicit arenas.
@@ -544,7 +548,7 @@ void do_init() {
   // Discovery's own garbage (opendir buffers of 32 KiB and more) would otherwise stay as a dirty
   // extent that every later large allocation splits and merges back: 4232 instead of 2547
   // instructions per 64 KiB malloc/free (callgrind) until jemalloc's decay clears it seconds later.
-  mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0);
+  mallctl(kPurgeAllArenas, nullptr, nullptr, nullptr, 0);
 }
 
 }  // namespace
@@ -576,7 +580,7 @@ void* heap_alloc(size_t size, const Request& req) {
   if (!p && req.strict) {
     // The tier's budget may be held by memory the process freed but jemalloc keeps cached (dirty
     // extents of any arena, returned only when its decay runs). Give that back and try once more.
-    mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0);
+    mallctl(kPurgeAllArenas, nullptr, nullptr, nullptr, 0);
     p = mallocx(size ? size : 1, flags);
   }
   if (!p) errno = ENOMEM;
