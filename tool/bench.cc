@@ -558,9 +558,11 @@ int free_port() {
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof a;
-  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
-    throw BenchError(std::string("cannot find a free port: ") + strerror(errno));
-  close(fd);
+  const bool ok = fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+  const int error = errno;
+  if (fd >= 0) close(fd);
+  if (!ok) throw BenchError(std::string("cannot find a free port: ") + strerror(error));
   return ntohs(a.sin_port);
 }
 
@@ -628,23 +630,34 @@ std::vector<json> run_redis(const Setup& s, const Params& p, Progress& progress)
                           "--appendonly", "no", "--dir", tmp, "--loglevel", "warning"},
                          &env, devnull);
     close(devnull);
-    auto stop_server = [&] {
-      redis_command(port, "SHUTDOWN NOSAVE");
-      for (int i = 0; i < 100; ++i) {
-        int status;
-        if (waitpid(server, &status, WNOHANG) == server) return status;
-        usleep(100000);
+    // Stopped however the run ends: a failed one (they throw) must not leave the server running
+    // on a directory that ScratchDir removes.
+    struct Server {
+      pid_t pid;
+      int port;
+      bool stopped = false;
+      int stop() {
+        stopped = true;
+        redis_command(port, "SHUTDOWN NOSAVE");
+        for (int i = 0; i < 100; ++i) {
+          int status;
+          if (waitpid(pid, &status, WNOHANG) == pid) return status;
+          usleep(100000);
+        }
+        kill(pid, SIGKILL);
+        return wait_for(pid);
       }
-      kill(server, SIGKILL);
-      return wait_for(server);
-    };
+      ~Server() {
+        if (!stopped) stop();
+      }
+    } running{server, port};
     bool up = false;
     for (int i = 0; i < 100 && !up; ++i) {
       up = redis_command(port, "PING").rfind("+PONG", 0) == 0;
       if (!up) usleep(50000);
     }
     if (!up) {
-      int status = stop_server();
+      int status = running.stop();
       throw BenchError("redis: the server did not answer on port " + std::to_string(port) + " (" + describe_status(status) + ")");
     }
     std::string csv;
@@ -660,11 +673,10 @@ std::vector<json> run_redis(const Setup& s, const Params& p, Progress& progress)
       close(out[0]);
       progress.update(strcmp(test, "set") == 0 ? 0.5 : 1.0);
       if (int status = wait_for(bench); !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        stop_server();
         throw BenchError("redis: redis-benchmark " + describe_status(status));
       }
     }
-    int status = stop_server();
+    int status = running.stop();
     progress.finish();
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw BenchError("redis: the server " + describe_status(status) + " (" + label + ")");
     // redis-benchmark --csv: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",...
