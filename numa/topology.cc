@@ -554,19 +554,6 @@ std::string apply_override(Topology& t, std::string_view spec) {
   return "";
 }
 
-void json_string(std::string& out, std::string_view s) {
-  out += '"';
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\', out += c;
-    else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else out += c;
-  }
-  out += '"';
-}
-
 }  // namespace
 
 const char* kind_name(MemoryKind kind) {
@@ -677,15 +664,15 @@ std::string format_json(const Topology& t) {
     const Node& n = t.nodes[i];
     if (i) o += ",\n   ";
     o += "{\"id\": " + std::to_string(n.id) + ", \"cpus\": ";
-    json_string(o, os::format_list(n.cpus));
+    os::append_json_string(o, os::format_list(n.cpus));
     o += ", \"kind\": ";
-    json_string(o, kind_name(n.kind));
+    os::append_json_string(o, kind_name(n.kind));
     o += std::string(", \"usable\": ") + (n.usable ? "true" : "false");
     o += ", \"tier\": " + (n.tier >= 0 ? std::to_string(n.tier) : std::string("null"));
     o += ", \"capacity_bytes\": " + std::to_string(n.capacity_bytes) + ", \"evidence\": [";
     for (size_t j = 0; j < n.evidence.size(); ++j) {
       if (j) o += ", ";
-      json_string(o, n.evidence[j]);
+      os::append_json_string(o, n.evidence[j]);
     }
     o += "]}";
   }
@@ -694,7 +681,7 @@ std::string format_json(const Topology& t) {
     const Tier& tier = t.tiers[i];
     if (i) o += ",\n   ";
     o += "{\"rank\": " + std::to_string(tier.rank) + ", \"kind\": ";
-    json_string(o, kind_name(tier.kind));
+    os::append_json_string(o, kind_name(tier.kind));
     o += ", \"nodes\": [";
     for (size_t j = 0; j < tier.nodes.size(); ++j) o += (j ? ", " : "") + std::to_string(tier.nodes[j]);
     o += "], \"capacity_bytes\": " + std::to_string(tier.capacity_bytes) + "}";

@@ -278,4 +278,17 @@ std::string format_bytes(unsigned long long bytes) {
   return buf;
 }
 
+void append_json_string(std::string& out, std::string_view s) {
+  out += '"';
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else out += c;
+  }
+  out += '"';
+}
+
 }  // namespace tieralloc::os

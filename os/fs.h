@@ -77,5 +77,7 @@ std::string format_list(const std::vector<int>& ids);
 std::optional<unsigned long long> parse_size(std::string_view s);
 // 1536 -> "1.5 GiB" style, for humans.
 std::string format_bytes(unsigned long long bytes);
+// Appends s to out as a JSON string literal (quotes, backslashes and control characters escaped).
+void append_json_string(std::string& out, std::string_view s);
 
 }  // namespace tieralloc::os

@@ -799,16 +799,9 @@ void flush_journal_at_exit() {
 }
 
 std::string json_string(const std::string& v) {
-  std::string out = "\"";
-  for (char c : v) {
-    if (c == '"' || c == '\\') out += '\\', out += c;
-    else if (static_cast<unsigned char>(c) < 0x20) {
-      char esc[8];
-      snprintf(esc, sizeof esc, "\\u%04x", c);
-      out += esc;
-    } else out += c;
-  }
-  return out + "\"";
+  std::string out;
+  os::append_json_string(out, v);
+  return out;
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 namespace {
 
 using tieralloc::guest::kPage;
+using tieralloc::guest::pfn_of;
 
 #ifndef MADV_HWPOISON
 constexpr int MADV_HWPOISON = 100;
@@ -69,14 +70,6 @@ class Hwpoison : public ::testing::TestWithParam<int> {
     if (syscall(SYS_mbind, p, 4 * kPage, MPOL_BIND, &mask, sizeof(mask) * 8, 0) != 0) return nullptr;
     memset(p, 0xab, 4 * kPage);
     return static_cast<unsigned char*>(p);
-  }
-
-  static uint64_t pfn_of(const void* p) {
-    int fd = open("/proc/self/pagemap", O_RDONLY);
-    uint64_t e = 0;
-    if (fd >= 0 && pread(fd, &e, 8, static_cast<off_t>(reinterpret_cast<uintptr_t>(p) / kPage * 8)) != 8) e = 0;
-    if (fd >= 0) close(fd);
-    return e >> 63 ? e & ((1ull << 55) - 1) : 0;
   }
 
   // madvise(MADV_HWPOISON) with a jump target: some kernels (6.12) raise the SIGBUS inside it.
