@@ -79,6 +79,7 @@ struct Heap {
   std::atomic<uint64_t> bind_failures{0};
   std::atomic<uint64_t> metadata_bytes{0};
   std::atomic<uint64_t> move_calls{0}, moved_bytes{0}, move_failed_pages{0};
+  std::atomic<bool> huge_pages{false};  // heap_use_huge_pages()
   // Node id -> distance row, for picking the nearest node of a tier to the running CPU.
   int cpu_node[1024] = {};
   int ncpu_node = 0;
@@ -305,6 +306,7 @@ void* map_extent(const Policy& p, void* new_addr, size_t size, size_t alignment,
     return nullptr;
   }
   bind_for(p, addr, size, node);
+  if (g_heap.huge_pages.load(std::memory_order_relaxed)) os::advise_huge_pages(addr, size);
   if (!page_map().set(reinterpret_cast<uintptr_t>(addr), size, entry_for(p, t, node, commit))) {
     os::unmap(addr, size);
     if (commit) sub_used(ts, size);
@@ -743,6 +745,16 @@ int heap_move(void* addr, size_t len, int tier) {
 size_t heap_mapped_ranges(MappedRange* out, size_t max) { return g_ranges.copy(out, max); }
 
 bool heap_emulated() { return g_heap.emulated; }
+
+bool heap_use_huge_pages() {
+  // Set first: a range mapped while the existing ones are advised is advised by map_extent.
+  g_heap.huge_pages.store(true, std::memory_order_relaxed);
+  static MappedRange ranges[4096];
+  size_t n = std::min<size_t>(g_ranges.copy(ranges, 4096), 4096);
+  bool ok = true;
+  for (size_t i = 0; i < n; ++i) ok &= os::advise_huge_pages(reinterpret_cast<void*>(ranges[i].addr), ranges[i].len);
+  return ok;
+}
 
 size_t heap_migrate_pages(const uintptr_t* pages, size_t n, int tier, int* status) {
   if (tier < 0 || tier >= heap_tier_count()) {

@@ -72,6 +72,10 @@ struct MappedRange {
 };
 size_t heap_mapped_ranges(MappedRange* out, size_t max);
 bool heap_emulated();
+// Asks the kernel to back every range mapped for jemalloc, now and later, with transparent huge
+// pages (MADV_HUGEPAGE): the tiering engine's sampler takes access away from 2 MiB runs, which on
+// a huge page is one page-table entry instead of 512. False when the kernel refused (no THP).
+bool heap_use_huge_pages();
 
 // Migrates single pages to tier with move_pages(2), leaving each range's binding alone (per-page
 // mbind would split VMAs towards vm.max_map_count). status[i]: 0 moved (or, emulated, re-tiered

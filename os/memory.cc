@@ -109,6 +109,8 @@ bool unmap(void* addr, size_t size) { return ::munmap(addr, size) == 0; }
 
 bool discard(void* addr, size_t size) { return ::madvise(addr, size, MADV_DONTNEED) == 0; }
 
+bool advise_huge_pages(void* addr, size_t size) { return ::madvise(addr, size, MADV_HUGEPAGE) == 0; }
+
 int bind(void* addr, size_t size, const int* nodes, int n, BindMode mode, bool move) {
   constexpr int kMaxNode = 1024;
   unsigned long mask[kMaxNode / (8 * sizeof(unsigned long))] = {};

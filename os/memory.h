@@ -18,6 +18,8 @@ void* map_anonymous(size_t size, size_t alignment, void* hint = nullptr);
 bool unmap(void* addr, size_t size);
 // Drops the contents of the range (next touch gives zero pages under the same NUMA policy).
 bool discard(void* addr, size_t size);
+// MADV_HUGEPAGE over [addr, addr+size): false when the kernel lacks transparent huge pages.
+bool advise_huge_pages(void* addr, size_t size);
 
 enum class Access { kNone, kRead, kReadWrite };
 // mprotect(2). The range must be page-aligned.
