@@ -23,7 +23,9 @@ struct EngineConfig {
   uint32_t window_us = 1000;       // how long runs stay armed at first (then adapted)
   // Weight of the newest observation in a run's heat (an exponentially weighted mean over the
   // run's samples): a run found untouched loses this share of its heat each time it is sampled.
-  double observation_weight = 0.5;
+  // A quarter: a mean over about four samples, which a run of a small heap gets every few periods;
+  // a half let single noisy samples swap hot runs out (gups: 58-83% fast hits, against 80-87%).
+  double observation_weight = 0.25;
   // Mean bytes between allocation-site samples (alloc/sites.h); 0 = no allocation-site heat.
   uint64_t site_sample_bytes = 0;
 };

@@ -3,6 +3,8 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include <algorithm>
+
 #include "os/signals.h"
 #include "poison/poison.h"
 
@@ -11,8 +13,7 @@ namespace {
 
 struct Slot {
   std::atomic<uintptr_t> run{0};
-  std::atomic<uint64_t> armed_ns{0};
-  std::atomic<uint32_t> fault_us{0};
+  std::atomic<uint64_t> fault_ns{0};  // when the first touch arrived; 0 = untouched
   std::atomic<uintptr_t> fault_addr{0};
 };
 
@@ -58,12 +59,9 @@ bool on_fault(int, siginfo_t* info, void*) {
   Slot* s = find(g_tables[cur], run);
   if (!s) s = find(g_tables[1 - cur], run);  // armed in the window that just closed
   if (!s) return false;
-  uint64_t t = now_ns();
-  uint64_t us = (t - s->armed_ns.load(std::memory_order_relaxed)) / 1000;
-  uint32_t expected = 0;
+  uint64_t t = now_ns(), expected = 0;
   // Only the first touch is recorded: the run's time and the address it touched go together.
-  if (s->fault_us.compare_exchange_strong(expected, us ? static_cast<uint32_t>(us < UINT32_MAX ? us : UINT32_MAX - 1) : 1,
-                                          std::memory_order_relaxed))
+  if (s->fault_ns.compare_exchange_strong(expected, t, std::memory_order_relaxed))
     s->fault_addr.store(addr, std::memory_order_relaxed);
   // Resumes the access whether or not the engine disarmed the run meanwhile: restoring access
   // twice is harmless, and the run was readable and writable before it was armed.
@@ -92,10 +90,9 @@ void Sampler::arm(const Span* spans, size_t n) {
   for (size_t i = 0; i < kSlots; ++i) {
     if (table[i].run.load(std::memory_order_relaxed) == 0) continue;
     table[i].run.store(0, std::memory_order_relaxed);
-    table[i].fault_us.store(0, std::memory_order_relaxed);
+    table[i].fault_ns.store(0, std::memory_order_relaxed);
     table[i].fault_addr.store(0, std::memory_order_relaxed);
   }
-  uint64_t t = now_ns();
   size_t total = 0;
   nspans_ = 0;
   for (size_t k = 0; k < n && nspans_ < kMaxSpans && total + spans[k].runs <= kMaxRuns; ++k) {
@@ -105,16 +102,20 @@ void Sampler::arm(const Span* spans, size_t n) {
       uintptr_t run = spans[k].addr + r * kRunBytes;
       size_t i = home(run);
       while (table[i].run.load(std::memory_order_relaxed) != 0) i = (i + 1) & (kSlots - 1);
-      table[i].armed_ns.store(t, std::memory_order_relaxed);
       table[i].run.store(run, std::memory_order_release);
     }
     total += spans[k].runs;
     spans_[nspans_++] = spans[k];
   }
   g_current.store(next, std::memory_order_release);
-  for (size_t k = 0; k < nspans_; ++k)
+  for (size_t k = 0; k < nspans_; ++k) {
     if (mprotect(reinterpret_cast<void*>(spans_[k].addr), spans_[k].runs * kRunBytes, PROT_NONE) != 0)
       spans_[k].runs = 0;  // not armed (unmapped meanwhile): reported as nothing
+    // A span's clock starts when its mprotect returns. Most of that call is the TLB shootdown
+    // (tens of microseconds on a VM), and a hot run faults as soon as the shootdown reaches the
+    // application's CPU, before the call returns: its time to first touch counts as the least.
+    armed_ns_[k] = now_ns();
+  }
 }
 
 size_t Sampler::disarm(RunResult* out) {
@@ -128,8 +129,10 @@ size_t Sampler::disarm(RunResult* out) {
       if (!s) continue;
       RunResult& res = out[n++];
       res.run = spans_[k].addr + r * kRunBytes;
-      res.fault_us = s->fault_us.load(std::memory_order_relaxed);
-      res.fault_addr = res.fault_us ? s->fault_addr.load(std::memory_order_relaxed) : 0;
+      const uint64_t t = s->fault_ns.load(std::memory_order_relaxed);
+      const uint64_t us = t > armed_ns_[k] ? (t - armed_ns_[k]) / 1000 : 0;
+      res.fault_us = t ? static_cast<uint32_t>(std::clamp<uint64_t>(us, 1, UINT32_MAX - 1)) : 0;
+      res.fault_addr = t ? s->fault_addr.load(std::memory_order_relaxed) : 0;
     }
   }
   nspans_ = 0;

@@ -74,8 +74,8 @@ check("tieralloc: allocation sites: off (no heat source)" in err, "run --stats: 
 r = subprocess.run([tool, "run", "--tiers", "emulate:fast=64M,slow=1G", "--stats", "--", "sleep", "1"],
                    capture_output=True, text=True, env=dict(env, TIERALLOC_SAMPLER="on"))
 err = r.stderr
-check(r.returncode == 0 and "tieralloc: engine: running; heat source: hinting-fault sampler (1.00% of one core budgeted" in err
-      and "migration: page map only (emulated tiers)" in err, "run --stats: engine running with the sampler, in words")
+check(r.returncode == 0 and "tieralloc: engine: running; heat source: hinting-fault sampler over 2 MiB runs (1.00% of one core budgeted" in err
+      and "heap on transparent huge pages: " in err and "migration: page map only (emulated tiers)" in err, "run --stats: engine running with the sampler, in words")
 moved = [l for l in err.splitlines() if l.startswith("tieralloc: migrated: ")]
 check(bool(moved) and " promoted, " in moved[0] and " demoted, " in moved[0] and "pages failed to move" in moved[0]
       and "engine CPU" in moved[0], "run --stats: bytes promoted and demoted, failed moves, engine CPU: %s" % moved)
