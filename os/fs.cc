@@ -25,24 +25,8 @@ std::string FsRoot::path(std::string_view abs) const {
 }
 
 std::optional<std::string> FsRoot::read(std::string_view abs) const {
-  int fd = ::open(path(abs).c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      ::close(fd);
-      return std::nullopt;
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-    // sysfs files are small; a runaway file (a fixture gone wrong, /dev/zero) must not eat memory.
-    if (out.size() > (1u << 20)) break;
-  }
-  ::close(fd);
-  return out;
+  // sysfs files are small; a runaway file (a fixture gone wrong, /dev/zero) must not eat memory.
+  return read_file(path(abs), size_t{1} << 20);
 }
 
 bool FsRoot::exists(std::string_view abs) const {
