@@ -23,6 +23,10 @@ const std::vector<OptionDoc>& option_docs() {
        "the hinting-fault heat sampler that drives automatic migration: off (default), on (at most 1% of "
        "one core) or its CPU budget in percent of one core (0.1% to 50%). Opt-in because a system call "
        "that writes into a page under sampling (read(2) into a heap buffer) fails with EFAULT"},
+      {"TIERALLOC_DAMON", "on|off",
+       "on (default): without the sampler, the engine takes its heat from DAMON, the kernel's access monitor, "
+       "where the kernel has it for virtual addresses (Linux 6.11+, CONFIG_DAMON_VADDR) and the process may "
+       "configure it (root) and no other program uses it; off: never"},
       {"TIERALLOC_MIGRATE_RATE", "SIZE",
        "bytes per second the tiering engine may migrate (K/M/G suffixes; default 256M)"},
       {"TIERALLOC_SITE_SAMPLE", "SIZE|0",
@@ -87,6 +91,12 @@ Options options_from_env(std::vector<std::string>& warnings) {
         warnings.push_back("TIERALLOC_SAMPLER='" + std::string(v) +
                            "' is not on, off or a CPU budget from 0.1% to 50%; the sampler stays off");
     }
+  }
+  if (const char* v = secure_getenv("TIERALLOC_DAMON"); v && *v) {
+    std::string_view s = os::trim(v);
+    if (s == "on" || s == "1") o.damon = true;
+    else if (s == "off" || s == "0") o.damon = false;
+    else warnings.push_back("TIERALLOC_DAMON='" + std::string(v) + "' is not on or off; DAMON is used where available");
   }
   if (const char* v = secure_getenv("TIERALLOC_MIGRATE_RATE"); v && *v) {
     if (auto bytes = os::parse_size(os::trim(v)); bytes && *bytes >= 4096) o.migrate_rate = *bytes;

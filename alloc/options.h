@@ -21,6 +21,8 @@ struct Options {
   // TIERALLOC_SAMPLER: the hinting-fault sampler's CPU budget, percent of one core; 0 = off (the
   // default: see tiering/sampler.h for why it is opt-in).
   double sampler_cpu_percent = 0;
+  // TIERALLOC_DAMON: without the sampler, use the kernel's DAMON as the heat source where it can be.
+  bool damon = true;
   // TIERALLOC_MIGRATE_RATE: bytes per second the engine may move.
   uint64_t migrate_rate = uint64_t{256} << 20;
   // TIERALLOC_SITE_SAMPLE: mean bytes allocated between two allocation-site samples (alloc/sites.h);

@@ -364,6 +364,7 @@ __attribute__((constructor(101))) void tieralloc_start() {
   tiering::EngineConfig ec;
   ec.migrate = o.migrate;
   ec.sampler_cpu_percent = o.sampler_cpu_percent;
+  ec.damon = o.damon;
   ec.migrate_rate = o.migrate_rate;
   ec.site_sample_bytes = o.site_sample_bytes;
   tiering::engine_start(ec);

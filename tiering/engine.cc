@@ -23,6 +23,7 @@
 #include "alloc/sites.h"
 #include "os/fs.h"
 #include "os/memory.h"
+#include "tiering/damon.h"
 #include "tiering/policy.h"
 #include "tiering/sampler.h"
 #include "tieralloc/tieralloc.h"
@@ -73,14 +74,23 @@ bool pinned(uintptr_t run) {
   return false;
 }
 
+enum class Source { kNone, kSampler, kDamon };
+
 struct Engine {
   EngineConfig cfg;
+  Source source = Source::kNone;
   std::atomic<bool> stop{false};
   bool running = false;
   bool forked_child = false;
   pthread_t thread{};
   std::mutex window_lock;  // held while runs are armed and while pages move; fork waits on it
   Sampler sampler;
+  DamonMonitor damon;
+  uint64_t damon_next_read_ns = 0;
+  std::atomic<uint64_t> damon_reads{0}, kdamond_cpu_ns{0};
+  std::atomic<size_t> damon_regions{0};
+  std::string damon_error;  // the last read's failure, for the stats (engine thread only)
+  std::mutex damon_error_lock;
   std::unordered_map<uintptr_t, RunRecord> heat;  // by run address
   std::mt19937_64 rng{0x7469657261ull};
   uint32_t period = 0;
@@ -321,6 +331,72 @@ void sample(Engine& e) {
   average(e.runs_per_period, static_cast<double>(got));
 }
 
+// CPU time of a thread of the machine (the kdamond) from /proc/PID/stat, in nanoseconds.
+uint64_t task_cpu_ns(pid_t pid) {
+  auto stat = os::read_file("/proc/" + std::to_string(pid) + "/stat", 4096);
+  if (!stat) return 0;
+  size_t p = stat->rfind(')');  // the command name may hold spaces and parentheses
+  if (p == std::string::npos) return 0;
+  unsigned long long utime = 0, stime = 0;
+  // After ") ": state, then fields 4..13, then utime (14) and stime (15).
+  if (sscanf(stat->c_str() + p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2) return 0;
+  return (utime + stime) * (1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
+}
+
+// The heap's mapped ranges as DAMON is to watch them: merged across gaps of up to 64 MiB
+// (unmapped address space costs DAMON a region, not a sample per page) into at most 32 ranges.
+std::vector<AddressRange> damon_ranges() {
+  static alloc::MappedRange ranges[4096];
+  size_t n = std::min<size_t>(alloc::heap_mapped_ranges(ranges, 4096), 4096);
+  std::vector<AddressRange> out;
+  for (size_t i = 0; i < n; ++i) out.push_back(AddressRange{ranges[i].addr, ranges[i].addr + ranges[i].len});
+  return coalesce_ranges(std::move(out), uintptr_t{64} << 20, 32);
+}
+
+constexpr double kDamonReadCpuPercent = 1;
+constexpr float kDamonObservationWeight = 0.5f;
+
+// One look at DAMON's regions: every run of the heap they cover is observed at once, scored by
+// the mean number of the aggregation interval's samples that found its bytes accessed. Reads are
+// spaced so that this thread's share of a core stays within the heat budget (reading costs three
+// sysfs files per region), and never closer than one aggregation interval: DAMON has nothing new
+// before.
+void observe_damon(Engine& e) {
+  const uint64_t cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+  std::vector<DamonRegion> regions;
+  const uint64_t commits = e.damon.commits();
+  bool ok = e.damon.set_ranges(damon_ranges()) && e.damon.read(regions);
+  if (!ok) {
+    std::lock_guard<std::mutex> g(e.damon_error_lock);
+    e.damon_error = e.damon.reason();
+  }
+  uint64_t observed = 0, touched = 0;
+  run_scores(regions, kRunBytes, [&](uintptr_t run, double accesses) {
+    if (!page_map().get(run).managed()) return;  // a gap between heap ranges, or jemalloc's neighbour
+    // A read is a measurement over a whole aggregation interval, not one first-touch time: it is
+    // given more weight than a sampler's observation.
+    RunRecord& r = e.heat[run];
+    r.heat = r.samples++ ? (1 - kDamonObservationWeight) * r.heat + kDamonObservationWeight * static_cast<float>(accesses)
+                         : static_cast<float>(accesses);
+    ++observed, touched += accesses > 0;
+  });
+  e.sampled_runs.fetch_add(observed, std::memory_order_relaxed);
+  e.touched_runs.fetch_add(touched, std::memory_order_relaxed);
+  e.damon_regions.store(regions.size(), std::memory_order_relaxed);
+  e.damon_reads.fetch_add(1, std::memory_order_relaxed);
+  if (e.damon.kdamond_pid() > 0) e.kdamond_cpu_ns.store(task_cpu_ns(e.damon.kdamond_pid()), std::memory_order_relaxed);
+  const uint64_t cost = now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+  e.sampler_cpu_ns.fetch_add(cost, std::memory_order_relaxed);
+  const double spacing_ns = std::max(static_cast<double>(e.damon.attrs().aggr_us) * 1000,
+                                     static_cast<double>(cost) * 100 / kDamonReadCpuPercent);
+  e.damon_next_read_ns = now_ns() + static_cast<uint64_t>(spacing_ns);
+  // Ranges new to DAMON (the heap grew) have no history yet: look again as soon as one
+  // aggregation interval has measured them, whatever the budget says, as the heap grows rarely.
+  if (e.damon.commits() != commits)
+    e.damon_next_read_ns = std::min<uint64_t>(e.damon_next_read_ns, now_ns() + 2000ull * e.damon.attrs().aggr_us);
+  e.runs_per_period.store(static_cast<double>(observed));
+}
+
 // One policy round: heat and tier of every tracked run, the plan, and the moves.
 void migrate(Engine& e) {
   uint64_t cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
@@ -422,9 +498,10 @@ void* engine_main(void* arg) {
   prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0);
   while (!e.stop.load(std::memory_order_relaxed)) {
     uint64_t t0 = now_ns();
-    if (e.cfg.sampler_cpu_percent > 0) sample(e);
+    if (e.source == Source::kSampler) sample(e);
+    if (e.source == Source::kDamon && now_ns() >= e.damon_next_read_ns) observe_damon(e);
     if (e.cfg.migrate && e.period % kPolicyEvery == 0) migrate(e);
-    if (e.cfg.site_sample_bytes && e.period % kPolicyEvery == 0) classify_sites(e);
+    if (e.source == Source::kSampler && e.cfg.site_sample_bytes && e.period % kPolicyEvery == 0) classify_sites(e);
     ++e.period;
     e.periods.fetch_add(1, std::memory_order_relaxed);
     uint64_t spent = now_ns() - t0, period = uint64_t{e.cfg.period_ms} * 1000000;
@@ -435,6 +512,14 @@ void* engine_main(void* arg) {
     }
   }
   return nullptr;
+}
+
+void release_damon_at_exit() {
+  if (!g_engine || !g_engine->running || g_engine->source != Source::kDamon) return;
+  g_engine->stop = true;
+  pthread_join(g_engine->thread, nullptr);
+  g_engine->running = false;
+  g_engine->damon.stop();
 }
 
 void atfork_prepare() {
@@ -461,11 +546,28 @@ bool engine_start(const EngineConfig& cfg) {
   // to decide. The stats say which.
   if (heap_tier_count() < 2) g_off_reason = "off: one tier";
   else if (!cfg.migrate) g_off_reason = "off: TIERALLOC_POLICY=static";
-  else if (cfg.sampler_cpu_percent <= 0) g_off_reason = "off: TIERALLOC_SAMPLER=off leaves no heat source";
-  else if (!Sampler::install()) g_off_reason = "off: the fault handler could not be installed";
+  else if (cfg.sampler_cpu_percent > 0 && !Sampler::install()) g_off_reason = "off: the fault handler could not be installed";
+  else if (cfg.sampler_cpu_percent <= 0 && !cfg.damon)
+    g_off_reason = "off: no heat source (TIERALLOC_DAMON=off; the sampler is opt-in: TIERALLOC_SAMPLER=on)";
   else g_off_reason = nullptr;
   if (g_off_reason) return false;
   Engine* e = g_engine ? g_engine : new Engine;
+  // The sampler when asked for; otherwise DAMON where the kernel offers it.
+  e->source = cfg.sampler_cpu_percent > 0 ? Source::kSampler : Source::kDamon;
+  if (e->source == Source::kDamon) {
+    static char why[512];
+    if (alloc::process_topology().fsroot != "/")
+      snprintf(why, sizeof why, "off: no heat source (DAMON: TIERALLOC_FSROOT stands in for /sys; the sampler is opt-in: TIERALLOC_SAMPLER=on)");
+    else if (!e->damon.start(damon_ranges(), DamonMonitor::Attrs{}))
+      snprintf(why, sizeof why, "off: no heat source (DAMON: %s; the sampler is opt-in: TIERALLOC_SAMPLER=on)", e->damon.reason().c_str());
+    else
+      why[0] = '\0';
+    if (why[0]) {
+      g_off_reason = why;
+      if (e != g_engine) delete e;
+      return false;
+    }
+  }
   e->cfg = cfg;
   e->window_us = cfg.window_us;
   e->stop = false;
@@ -473,7 +575,9 @@ bool engine_start(const EngineConfig& cfg) {
   const numa::Topology& topo = alloc::process_topology();
   e->kernel_promotes = !topo.emulated && topo.kernel.numa_balancing >= 0 && (topo.kernel.numa_balancing & 2);
   if (cfg.site_sample_bytes && e->sites.empty()) e->sites.resize(alloc::kSiteSlots);
-  e->huge_pages = alloc::heap_use_huge_pages();
+  // Huge pages make the sampler's mprotect cheap; DAMON has no use for them (its accessed-bit
+  // samples would see a whole 2 MiB as one page), and they cost resident memory in sparse heaps.
+  e->huge_pages = e->source == Source::kSampler && alloc::heap_use_huge_pages();
   // The engine's thread takes no asynchronous signals: they belong to the application's threads
   // (a program that sigwait()s in one thread must not see them delivered to ours).
   sigset_t all, old;
@@ -484,15 +588,21 @@ bool engine_start(const EngineConfig& cfg) {
   int rc = pthread_create(&e->thread, nullptr, engine_main, e);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (rc != 0) {
+    e->damon.stop();
     if (!g_engine) delete e;
     return false;
   }
   static bool atfork_registered = false;
   if (!atfork_registered) pthread_atfork(atfork_prepare, atfork_parent, atfork_child), atfork_registered = true;
+  // The kdamond is the machine's, not the process's: given back at exit. (Killed, the process
+  // leaves it configured but stopped; the next tieralloc process takes it over.)
+  static bool atexit_registered = false;
+  if (e->source == Source::kDamon && !atexit_registered) atexit(release_damon_at_exit), atexit_registered = true;
   e->running = true;
   g_engine = e;
-  // Sampling starts with the heat source that gives it meaning.
-  alloc::sites_start(cfg.site_sample_bytes);
+  // Allocation sites learn from the sampler's first touches, which name the object touched; DAMON
+  // reports regions, which do not.
+  if (e->source == Source::kSampler) alloc::sites_start(cfg.site_sample_bytes);
   return true;
 }
 
@@ -502,6 +612,7 @@ void engine_stop() {
   g_engine->stop = true;
   pthread_join(g_engine->thread, nullptr);
   g_engine->running = false;
+  g_engine->damon.stop();
 }
 
 bool engine_running() { return g_engine && g_engine->running; }
@@ -571,7 +682,7 @@ std::string engine_stats_json() {
            "\"cooling_runs\": %llu, \"migrate_rate\": %llu, \"run_bytes\": %zu, \"huge_pages\": %s, "
            "\"kernel\": {\"numa_balancing\": %d, \"demotion_enabled\": %s, \"kernel_promotes\": %s}}",
            e->running ? "running" : e->forked_child ? "stopped in forked child" : "stopped",
-           e->cfg.sampler_cpu_percent > 0 ? "sampler" : "none",
+           e->source == Source::kSampler ? "sampler" : e->source == Source::kDamon ? "damon" : "none",
            alloc::heap_emulated() ? "page map only (emulated tiers)" : "move_pages", e->cfg.migrate ? "auto" : "static",
            u(e->periods), e->runs_per_period.load(), u(e->sampled_runs), u(e->touched_runs),
            e->window_us.load(), static_cast<unsigned long long>(Sampler::faults()), e->tracked_runs.load(), e->hot_threshold.load(),
@@ -581,7 +692,25 @@ std::string engine_stats_json() {
            e->huge_pages ? "true" : "false", topo.kernel.numa_balancing,
            topo.kernel.demotion_enabled ? (*topo.kernel.demotion_enabled ? "true" : "false") : "null",
            e->kernel_promotes ? "true" : "false");
-  return with_sites(buf, e);
+  std::string out = with_sites(buf, e);
+  if (e->source == Source::kDamon) {
+    std::string error;
+    {
+      std::lock_guard<std::mutex> g(const_cast<Engine*>(e)->damon_error_lock);
+      error = e->damon_error;
+    }
+    const DamonMonitor::Attrs& a = e->damon.attrs();
+    snprintf(buf, sizeof buf,
+             ", \"damon\": {\"kdamond_pid\": %d, \"sample_us\": %u, \"aggr_us\": %u, \"max_regions\": %u, "
+             "\"regions\": %zu, \"reads\": %llu, \"kdamond_cpu_percent\": %.3f, \"error\": ",
+             static_cast<int>(e->damon.kdamond_pid()), a.sample_us, a.aggr_us, e->damon.max_regions(), e->damon_regions.load(),
+             u(e->damon_reads), wall_s > 0 ? 100.0 * static_cast<double>(e->kdamond_cpu_ns.load()) / 1e9 / wall_s : 0.0);
+    out.pop_back();
+    out += buf;
+    os::append_json_string(out, error);
+    out += "}}";
+  }
+  return out;
 }
 
 std::string engine_status_text() {
@@ -596,7 +725,16 @@ std::string engine_status_text() {
     o += line;
   } else {
     const char* state = e->running ? "running" : e->forked_child ? "stopped (forked child)" : "stopped";
-    if (e->cfg.sampler_cpu_percent > 0)
+    if (e->source == Source::kDamon) {
+      double wall_s = static_cast<double>(now_ns() - e->started_ns.load()) / 1e9;
+      snprintf(line, sizeof line,
+               "tieralloc: engine: %s; heat source: DAMON (the kernel's access monitor on this process's virtual "
+               "addresses: %zu regions, an accessed-bit check per region every %u us; kdamond CPU %.3f%% of one core); "
+               "migration: %s\n",
+               state, e->damon_regions.load(), e->damon.attrs().sample_us,
+               wall_s > 0 ? 100.0 * static_cast<double>(e->kdamond_cpu_ns.load()) / 1e9 / wall_s : 0.0,
+               alloc::heap_emulated() ? "page map only (emulated tiers)" : "move_pages");
+    } else if (e->cfg.sampler_cpu_percent > 0)
       snprintf(line, sizeof line,
                "tieralloc: engine: %s; heat source: hinting-fault sampler over 2 MiB runs (%.2f%% of one core budgeted, "
                "%.3f%% used; heap on transparent huge pages: %s); migration: %s\n",
@@ -623,7 +761,10 @@ std::string engine_status_text() {
     o += line;
   }
   alloc::SiteCounters c = alloc::site_counters();
-  if (e && e->cfg.site_sample_bytes)
+  if (e && e->source == Source::kDamon)
+    snprintf(line, sizeof line, "tieralloc: allocation sites: off (they learn from the sampler's first touches; DAMON's "
+             "regions do not name objects)\n");
+  else if (e && e->cfg.site_sample_bytes)
     snprintf(line, sizeof line,
              "tieralloc: allocation sites: %u tracked, %u hot, %u cold; %llu allocations steered, %llu sampled (one per %s)\n",
              static_cast<unsigned>(c.tracked), e->sites_hot.load(), e->sites_cold.load(), static_cast<unsigned long long>(c.steered),

@@ -18,6 +18,7 @@ namespace tieralloc::tiering {
 struct EngineConfig {
   bool migrate = true;             // false: TIERALLOC_POLICY=static
   double sampler_cpu_percent = 1;  // 0: no sampler
+  bool damon = true;               // without the sampler, DAMON where the kernel offers it
   uint64_t migrate_rate = uint64_t{256} << 20;  // bytes per second
   uint32_t period_ms = 50;
   uint32_t window_us = 1000;       // how long runs stay armed at first (then adapted)

@@ -31,9 +31,12 @@ SKIP = 77
 HERE = os.path.dirname(os.path.abspath(__file__))
 SKIP_MARKER = "skipped.txt"  # written into the image folder when QEMU cannot run here
 
-# Packages unpacked for the guest (never installed on the host). The kernel is resolved from the
-# linux-image-amd64 metapackage, so it is always the current bookworm one. busybox (the dynamically
-# linked build) exists because LD_PRELOAD cannot reach into busybox-static.
+# Packages unpacked for the guest (never installed on the host). Kernels are resolved from
+# metapackages, so each is the current one of its line: bookworm's own (6.1) for most machines, and
+# the 6.12 line bookworm also carries for what 6.1 lacks (DAMON, the kernel's access monitor, is not
+# built into Debian's 6.1). busybox (the dynamically linked build) exists because LD_PRELOAD cannot
+# reach into busybox-static.
+KERNELS = {"6.1": "linux-image-amd64", "6.12": "linux-image-6.12-amd64"}
 GUEST_PACKAGES = ["ndctl", "daxctl", "numactl", "hwloc-nox", "kmod", "busybox"]
 GUEST_TOOLS = ["usr/bin/ndctl", "usr/bin/daxctl", "usr/bin/numactl", "usr/bin/lstopo-no-graphics",
                "usr/bin/hwloc-info", "bin/kmod"]
@@ -62,6 +65,14 @@ NVDIMM_SIZE = 512 << 20
 MACHINES = {
     # node 1: CPU-less RAM that HMAT calls 3x slower with 1/5 of the bandwidth.
     "numa": {
+        "qemu": ["-machine", "q35,hmat=on", "-m", "1G"] + TWO_NODES,
+        "numa_balancing": 0,
+        "setup": [],
+        "slow_node": 1,
+    },
+    # The numa machine on Linux 6.12, whose DAMON monitors virtual addresses.
+    "numa-6.12": {
+        "kernel": "6.12",
         "qemu": ["-machine", "q35,hmat=on", "-m", "1G"] + TWO_NODES,
         "numa_balancing": 0,
         "setup": [],
@@ -140,22 +151,25 @@ def depends(record):
 
 
 def guest_packages(cache):
-    """{package: version}: the kernel image and the tools, with the libraries they need
-    (recursively), minus what the host's glibc provides. Resolved again only when the apt package
-    lists change (apt-cache is slow)."""
+    """({package: version}, {kernel line: kernel package}): the kernel images and the tools, with
+    the libraries they need (recursively), minus what the host's glibc provides. Resolved again only
+    when the apt package lists change (apt-cache is slow)."""
     lists = "/var/lib/apt/lists"
     lists_mtime = max((os.path.getmtime(os.path.join(lists, f)) for f in os.listdir(lists)), default=0)
     saved = os.path.join(cache, "packages.json")
     if os.path.exists(saved):
         with open(saved) as f:
             s = json.load(f)
-        if s["lists_mtime"] == lists_mtime and s["wanted"] == GUEST_PACKAGES:
-            return s["packages"]
-    meta = apt_records(["linux-image-amd64"])["linux-image-amd64"]
-    kernel = [d for d in depends(meta) if d.startswith("linux-image-")]
-    if len(kernel) != 1:
-        raise SystemExit("guest: linux-image-amd64 does not name one kernel package: %s" % kernel)
-    packages, level = {}, set(kernel + GUEST_PACKAGES)
+        if s["lists_mtime"] == lists_mtime and s["wanted"] == [GUEST_PACKAGES, KERNELS]:
+            return s["packages"], s["kernels"]
+    metas = apt_records(list(KERNELS.values()))
+    kernels = {}
+    for line, meta in KERNELS.items():
+        named = [d for d in depends(metas[meta]) if d.startswith("linux-image-")]
+        if len(named) != 1:
+            raise SystemExit("guest: %s does not name one kernel package: %s" % (meta, named))
+        kernels[line] = named[0]
+    packages, level = {}, set(kernels.values()) | set(GUEST_PACKAGES)
     while level:
         records = apt_records(level)
         for name, record in records.items():
@@ -163,17 +177,18 @@ def guest_packages(cache):
         level = {d for name in level if not name.startswith("linux-image-")
                  for d in depends(records[name]) if d.startswith("lib")} - set(packages) - HOST_PROVIDED
     with open(saved, "w") as f:
-        json.dump({"lists_mtime": lists_mtime, "wanted": GUEST_PACKAGES, "packages": packages}, f, indent=1)
-    return packages
+        json.dump({"lists_mtime": lists_mtime, "wanted": [GUEST_PACKAGES, KERNELS], "packages": packages,
+                   "kernels": kernels}, f, indent=1)
+    return packages, kernels
 
 
 def fetch(cache):
-    """Downloads what is missing and unpacks it into cache/root. Returns (root, kernel version)."""
+    """Downloads what is missing and unpacks it into cache/root (the kernels side by side, each
+    with its own boot/vmlinuz-VERSION and lib/modules/VERSION). Returns (root, {line: version})."""
     debs, root = os.path.join(cache, "debs"), os.path.join(cache, "root")
     os.makedirs(debs, exist_ok=True)
-    versions = guest_packages(cache)
+    versions, kernels = guest_packages(cache)
     packages = sorted(versions)
-    kernel_pkg = next(p for p in packages if p.startswith("linux-image-"))
 
     def deb_name(p):  # apt-get download's file name; the epoch's ':' becomes %3a
         return "%s_%s_amd64.deb" % (p, versions[p].replace(":", "%3a"))
@@ -196,7 +211,7 @@ def fetch(cache):
         if not os.path.exists(stamp):
             run(["dpkg", "-x", os.path.join(debs, deb), root])
             open(stamp, "w").close()
-    return root, kernel_pkg[len("linux-image-"):]
+    return root, {line: pkg[len("linux-image-"):] for line, pkg in kernels.items()}
 
 
 def depmod(root, tree, kver):
@@ -270,7 +285,7 @@ def copy_file(src, dst):
 
 
 def build_image(cache, out, payload, cases_dir):
-    root, kver = fetch(cache)
+    root, kvers = fetch(cache)
     stage = os.path.join(out, "stage")
     shutil.rmtree(stage, ignore_errors=True)
     for d in ("bin", "sbin", "usr/bin", "proc", "sys", "dev", "tmp", "run", "etc/ndctl.conf.d",
@@ -287,18 +302,22 @@ def build_image(cache, out, payload, cases_dir):
     os.chmod(os.path.join(stage, "init"), 0o755)
 
     # Modules, uncompressed (the guest's kmod loads .xz too, but complains about the ELF header
-    # first), in their tree so modprobe resolves dependencies after depmod.
-    src_modules = os.path.join(root, "lib", "modules", kver)
-    dst_modules = os.path.join(stage, "lib", "modules", kver)
-    mods = module_closure(src_modules, GUEST_MODULES)
-    for m, data in mods.items():
-        dst = os.path.join(dst_modules, re.sub(r"\.(xz|zst|gz)$", "", m))
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with open(dst, "wb") as f:
-            f.write(data)
-    for f in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
-        copy_file(os.path.join(src_modules, f), os.path.join(dst_modules, f))
-    depmod(root, stage, kver)
+    # first), in their tree so modprobe resolves dependencies after depmod. One initramfs serves
+    # every kernel: each finds its own tree by `uname -r`.
+    nmods = 0
+    for kver in kvers.values():
+        src_modules = os.path.join(root, "lib", "modules", kver)
+        dst_modules = os.path.join(stage, "lib", "modules", kver)
+        mods = module_closure(src_modules, GUEST_MODULES)
+        nmods += len(mods)
+        for m, data in mods.items():
+            dst = os.path.join(dst_modules, re.sub(r"\.(xz|zst|gz)$", "", m))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            with open(dst, "wb") as f:
+                f.write(data)
+        for f in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+            copy_file(os.path.join(src_modules, f), os.path.join(dst_modules, f))
+        depmod(root, stage, kver)
 
     # Tools from the unpacked packages and the project's programs (payload: one path per line,
     # written by CMake), with their library closures, into /usr/bin and the multiarch lib folder.
@@ -330,9 +349,10 @@ def build_image(cache, out, payload, cases_dir):
     with open(image + ".tmp", "wb") as f:
         f.write(gzip.compress(cpio, compresslevel=1))
     os.replace(image + ".tmp", image)
-    copy_file(os.path.join(root, "boot", "vmlinuz-" + kver), os.path.join(out, "vmlinuz"))
-    log("image: kernel %s, %d modules, %d programs, initramfs %.1f MB" %
-        (kver, len(mods), len(tools) + len(programs), os.path.getsize(image) / 1e6))
+    for line, kver in kvers.items():
+        copy_file(os.path.join(root, "boot", "vmlinuz-" + kver), os.path.join(out, "vmlinuz-" + line))
+    log("image: kernels %s, %d modules, %d programs, initramfs %.1f MB" %
+        (", ".join(sorted(kvers.values())), nmods, len(tools) + len(programs), os.path.getsize(image) / 1e6))
 
 
 def cmd_image(a):
@@ -385,7 +405,7 @@ def cmd_boot(a):
         # ttyS0 carries the kernel's messages and the init's progress; ttyS1 carries only what the
         # cases print, so kernel messages (hwpoison reports, for one) never split a result.
         cmd = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max"] + qemu_args + [
-            "-kernel", os.path.join(a.image, "vmlinuz"), "-initrd", os.path.join(a.image, "initramfs.cpio.gz"),
+            "-kernel", os.path.join(a.image, "vmlinuz-" + m.get("kernel", "6.1")), "-initrd", os.path.join(a.image, "initramfs.cpio.gz"),
             "-append", " ".join(append), "-display", "none", "-monitor", "none", "-nodefaults", "-no-reboot",
             "-serial", "file:" + console, "-serial", "file:" + a.log]
         t0 = time.monotonic()
