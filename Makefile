@@ -31,7 +31,7 @@ SANITIZER_EXCLUDE = ^(tool_|install_|preload_|bench_
 test-sanitizers: deps
 	@for s in address thread; do \
 	  test -f $(BUILD)-$$s/build.ninja || cmake -S . -B $(BUILD)-$$s -G Ninja -DTIERALLOC_SANITIZE=$$s -DTIERALLOC_BUILD_BENCH=OFF || exit 1; \
-	  cmake --build $(BUILD)-$$s -j $(JOBS) --target topology_test api_test hwloc_view_test signals_test poison_test poison_files_test policy_test engine_test sites_test || exit 1; \
+	  cmake --build $(BUILD)-$$s -j $(JOBS) --target topology_test api_test hwloc_view_test signals_test poison_test poison_files_test policy_test damon_test engine_test sites_test || exit 1; \
 	  TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1" \
 	    ctest --test-dir $(BUILD)-$$s --output-on-failure -j $(JOBS) -E '$(SANITIZER_EXCLUDE))' || exit 1; \
 	done
