@@ -90,7 +90,7 @@ struct Engine {
   std::atomic<uint64_t> damon_reads{0}, kdamond_cpu_ns{0};
   std::atomic<size_t> damon_regions{0};
   std::string damon_error;  // the last read's failure, for the stats (engine thread only)
-  std::mutex damon_error_lock;
+  mutable std::mutex damon_error_lock;
   std::unordered_map<uintptr_t, RunRecord> heat;  // by run address
   std::mt19937_64 rng{0x7469657261ull};
   uint32_t period = 0;
@@ -173,9 +173,8 @@ size_t choose_spans(Engine& e, Sampler::Span* out, size_t max_spans, size_t want
 // it decays per observation, not per second. A decayed sum per second would compare runs by when
 // the random sampler last visited them rather than by how hot they are: with thousands of runs a
 // visit comes every few seconds, longer than any useful half-life.
-void observe(const Engine& e, RunRecord& r, float score) {
-  const float w = static_cast<float>(e.cfg.observation_weight);
-  r.heat = r.samples++ ? (1 - w) * r.heat + w * score : score;
+void observe(RunRecord& r, float score, float weight) {
+  r.heat = r.samples++ ? (1 - weight) * r.heat + weight * score : score;
 }
 
 // Credits the sampled objects lying in an observed run (policy.h's site_credit).
@@ -304,7 +303,7 @@ void sample(Engine& e) {
       ++touched;
       score = 1.0f + static_cast<float>(std::clamp(std::log2(window_us / us), 0.0, 11.0));
     }
-    observe(e, e.heat[results[i].run], score);
+    observe(e.heat[results[i].run], score, static_cast<float>(e.cfg.observation_weight));
     credit_sites(e, results[i], score);
     // The baseline a site is compared with: the density of an average resident byte, from the
     // runs chosen at random only.
@@ -375,9 +374,7 @@ void observe_damon(Engine& e) {
     if (!page_map().get(run).managed()) return;  // a gap between heap ranges, or jemalloc's neighbour
     // A read is a measurement over a whole aggregation interval, not one first-touch time: it is
     // given more weight than a sampler's observation.
-    RunRecord& r = e.heat[run];
-    r.heat = r.samples++ ? (1 - kDamonObservationWeight) * r.heat + kDamonObservationWeight * static_cast<float>(accesses)
-                         : static_cast<float>(accesses);
+    observe(e.heat[run], static_cast<float>(accesses), kDamonObservationWeight);
     ++observed, touched += accesses > 0;
   });
   e.sampled_runs.fetch_add(observed, std::memory_order_relaxed);
@@ -696,7 +693,7 @@ std::string engine_stats_json() {
   if (e->source == Source::kDamon) {
     std::string error;
     {
-      std::lock_guard<std::mutex> g(const_cast<Engine*>(e)->damon_error_lock);
+      std::lock_guard<std::mutex> g(e->damon_error_lock);
       error = e->damon_error;
     }
     const DamonMonitor::Attrs& a = e->damon.attrs();
