@@ -12,6 +12,7 @@
 #include <string>
 
 #include "alloc/heap.h"
+#include "alloc/jemalloc_abi.h"
 #include "alloc/options.h"
 #include "alloc/process_topology.h"
 #include "alloc/sites.h"
@@ -20,33 +21,22 @@
 #include "poison/poison.h"
 #include "tiering/engine.h"
 
-// Every entry point that returns memory is jemalloc's, renamed (alloc/jemalloc_renames.txt) and
-// wrapped here with the poison subsystem's one branch: while nothing is quarantined (almost
-// always) the wrapper is a test of one global and a tail call into jemalloc's own fast path; while
-// something is, the poison slow path keeps quarantined pages from being handed out.
-// Allocation sites (alloc/sites.h), 0 unless the tiering engine has a heat source: when on,
-// malloc, calloc and the unaligned operator new count down to the next sample inline and go through
-// an out-of-line function for a sample or, once sites have classes, the class lookup. Both reasons
-// live in one word (alloc/detours.h), so the entry points that care about both test it once.
-// The word is loaded once per call and handed to sites' inline checks.
+// malloc, free and operator delete are jemalloc's own: their fast paths run with nothing of
+// tieralloc's in front, and fall back to je_malloc_default / je_free_default / je_sdallocx_default
+// (alloc/jemalloc_weak.h), defined here. The fallbacks run for what jemalloc's fast paths do not
+// serve (sizes above 4 KiB, an empty or full thread cache, a thread's first call, jemalloc's
+// periodic events), and for every call while the detour word (alloc/detours.h) is nonzero: the
+// poison subsystem keeps quarantined pages from being handed out, allocation sites sample and
+// steer. operator new takes the same fallback (alloc/new.cc). The entry points without a fast path
+// in jemalloc (calloc, realloc, the aligned ones, mallocx, ...) are jemalloc's renamed
+// (alloc/jemalloc_renames.txt) behind a test of the word.
 #define TIERALLOC_DETOURS(d) __builtin_expect((d) != 0, 0)
 #define TIERALLOC_QUARANTINE_ACTIVE() __builtin_expect(tieralloc::poison::anything_quarantined(), 0)
 #define TIERALLOC_SITES_ACTIVE(d) __builtin_expect(((d) & tieralloc::alloc::kSiteBits) != 0, 0)
 #define TIERALLOC_CALLER() reinterpret_cast<uintptr_t>(__builtin_return_address(0))
 
-extern "C" {
-void* tl_je_malloc(size_t size);
-void* tl_je_calloc(size_t n, size_t size);
-int tl_je_posix_memalign(void** out, size_t alignment, size_t size);
-void* tl_je_valloc(size_t size);
-void* tl_je_mallocx(size_t size, int flags);
-void* tl_je_rallocx(void* ptr, size_t size, int flags);
-size_t tl_je_xallocx(void* ptr, size_t size, size_t extra, int flags);
-void* tl_je_realloc(void* ptr, size_t size);
-void* tl_je_memalign(size_t alignment, size_t size);
-void* tl_je_aligned_alloc(size_t alignment, size_t size);
-void tl_je_free(void* ptr);
-}
+using tieralloc::alloc::raw_free;
+using tieralloc::alloc::raw_malloc;
 
 namespace {
 
@@ -58,7 +48,7 @@ __attribute__((noinline)) void* malloc_by_site(size_t size, uintptr_t site) {
   bool sampled;
   int tier = site_decide(size, site, &sampled);
   void* p = tier >= 0 ? site_alloc(size, tier, false) : nullptr;
-  if (!p) p = tl_je_malloc(size);
+  if (!p) p = raw_malloc(size);
   if (sampled) site_record(site, p, size);
   return p;
 }
@@ -78,23 +68,46 @@ __attribute__((noinline)) void* calloc_by_site(size_t n, size_t size, uintptr_t 
 
 extern "C" {
 
-__attribute__((visibility("default"))) void* malloc(size_t size) {
+// jemalloc's fast paths declined: see the top of this file. `site` is the caller of malloc (or of
+// operator new): jemalloc's malloc reaches its fallback by a tail jump.
+__attribute__((visibility("hidden"))) void* tieralloc_malloc_slow(size_t size, uintptr_t site) {
+  if (!tieralloc::alloc::jemalloc_slow_matches()) tieralloc::alloc::jemalloc_slow_sync();
   const uint32_t d = tieralloc::alloc::detours();
   if (TIERALLOC_DETOURS(d)) {
     if (d & tieralloc::alloc::kQuarantine) return tieralloc::poison::malloc_avoiding(size);
-    if (!tieralloc::alloc::site_pass(size, d)) return malloc_by_site(size, TIERALLOC_CALLER());
+    if (!tieralloc::alloc::site_pass(size, d)) return malloc_by_site(size, site);
   }
-  return tl_je_malloc(size);
+  return raw_malloc(size);
+}
+
+__attribute__((visibility("hidden"))) void* je_malloc_default(size_t size) {
+  return tieralloc_malloc_slow(size, TIERALLOC_CALLER());
 }
 
 // While sites are on, free goes through alloc/sites: a freed sample is forgotten (its memory is no
 // longer its site's), and while sites steer a block goes back to the thread cache of the arena it
 // came from -- jemalloc's free would put a cold site's block in the default cache, for the next
-// default allocation of its size class from any site. Otherwise free is jemalloc's.
-__attribute__((visibility("default"))) void free(void* ptr) {
+// default allocation of its size class from any site.
+static inline bool site_freed(void* ptr) {
   const uint32_t d = tieralloc::alloc::detours();
-  if (TIERALLOC_SITES_ACTIVE(d) && !tieralloc::alloc::site_free_plain(ptr, d)) return tieralloc::alloc::site_free_steered(ptr);
-  tl_je_free(ptr);
+  if (TIERALLOC_SITES_ACTIVE(d) && !tieralloc::alloc::site_free_plain(ptr, d)) {
+    tieralloc::alloc::site_free_steered(ptr);
+    return true;
+  }
+  return false;
+}
+
+__attribute__((visibility("hidden"))) void je_free_default(void* ptr) {
+  if (!ptr) return;
+  if (!tieralloc::alloc::jemalloc_slow_matches()) tieralloc::alloc::jemalloc_slow_sync();
+  if (!site_freed(ptr)) dallocx(ptr, 0);
+}
+
+// sdallocx, and the sized operator delete. dallocx rather than sdallocx, whose fast path would
+// decline again and come back here.
+__attribute__((visibility("hidden"))) void je_sdallocx_default(void* ptr, size_t, int flags) {
+  if (!tieralloc::alloc::jemalloc_slow_matches()) tieralloc::alloc::jemalloc_slow_sync();
+  if (!site_freed(ptr)) dallocx(ptr, flags);
 }
 
 __attribute__((visibility("default"))) void* calloc(size_t n, size_t size) {
@@ -184,13 +197,10 @@ __attribute__((visibility("default"))) void* reallocarray(void* ptr, size_t nmem
 }
 }
 
-// operator new: jemalloc's, renamed, behind the same branch. The slow path follows the
-// new-handler protocol itself, as jemalloc's does.
+// The aligned operator new: jemalloc's, renamed, behind the poison subsystem's test (aligned
+// allocations are never sampled or steered). The slow path follows the new-handler protocol
+// itself, as jemalloc's does.
 extern "C" {
-void* tl_je_Znwm(size_t);
-void* tl_je_Znam(size_t);
-void* tl_je_ZnwmRKSt9nothrow_t(size_t, const std::nothrow_t&) noexcept;
-void* tl_je_ZnamRKSt9nothrow_t(size_t, const std::nothrow_t&) noexcept;
 void* tl_je_ZnwmSt11align_val_t(size_t, std::align_val_t);
 void* tl_je_ZnamSt11align_val_t(size_t, std::align_val_t);
 void* tl_je_ZnwmSt11align_val_tRKSt9nothrow_t(size_t, std::align_val_t, const std::nothrow_t&) noexcept;
@@ -225,65 +235,6 @@ __attribute__((noinline)) void* new_avoiding(size_t size, size_t alignment, bool
   if (TIERALLOC_QUARANTINE_ACTIVE()) return new_avoiding(size, align, nothrow); \
   return call
 
-namespace {
-
-void* je_new_nothrow(size_t n) noexcept { return tl_je_ZnwmRKSt9nothrow_t(n, std::nothrow); }
-void* je_new_array_nothrow(size_t n) noexcept { return tl_je_ZnamRKSt9nothrow_t(n, std::nothrow); }
-
-// The default path (jemalloc's operator, throwing or not) is the fallback, so the new-handler
-// protocol and bad_alloc stay jemalloc's.
-template <void* (*Default)(size_t)>
-__attribute__((noinline)) void* new_by_site(size_t size, uintptr_t site) {
-  bool sampled;
-  int tier = site_decide(size, site, &sampled);
-  void* p = tier >= 0 ? site_alloc(size ? size : 1, tier, false) : nullptr;
-  if (!p) p = Default(size);
-  if (sampled) site_record(site, p, size);
-  return p;
-}
-
-}  // namespace
-
-#define TIERALLOC_NEW_BY_SITE(call, size, nothrow, dflt)                                          \
-  const uint32_t d = tieralloc::alloc::detours();                                                \
-  if (TIERALLOC_DETOURS(d)) {                                                                    \
-    if (d & tieralloc::alloc::kQuarantine) return new_avoiding(size, 0, nothrow);                \
-    if (!tieralloc::alloc::site_pass(size, d)) return new_by_site<dflt>(size, TIERALLOC_CALLER()); \
-  }                                                                                              \
-  return call
-
-extern "C" {
-void tl_je_ZdlPv(void*) noexcept;
-void tl_je_ZdaPv(void*) noexcept;
-void tl_je_ZdlPvRKSt9nothrow_t(void*, const std::nothrow_t&) noexcept;
-void tl_je_ZdaPvRKSt9nothrow_t(void*, const std::nothrow_t&) noexcept;
-void tl_je_ZdlPvm(void*, size_t) noexcept;
-void tl_je_ZdaPvm(void*, size_t) noexcept;
-}
-
-// The unaligned operator delete, for the same reason as free (the aligned operator new is never
-// steered, so the aligned deletes stay jemalloc's).
-#define TIERALLOC_DELETE(call, ptr)                                           \
-  const uint32_t d = tieralloc::alloc::detours();                               \
-  if (TIERALLOC_SITES_ACTIVE(d) && !tieralloc::alloc::site_free_plain(ptr, d)) \
-    return tieralloc::alloc::site_free_steered(ptr);                            \
-  call
-
-void operator delete(void* p) noexcept { TIERALLOC_DELETE(tl_je_ZdlPv(p), p); }
-void operator delete[](void* p) noexcept { TIERALLOC_DELETE(tl_je_ZdaPv(p), p); }
-void operator delete(void* p, const std::nothrow_t& t) noexcept { TIERALLOC_DELETE(tl_je_ZdlPvRKSt9nothrow_t(p, t), p); }
-void operator delete[](void* p, const std::nothrow_t& t) noexcept { TIERALLOC_DELETE(tl_je_ZdaPvRKSt9nothrow_t(p, t), p); }
-void operator delete(void* p, size_t n) noexcept { TIERALLOC_DELETE(tl_je_ZdlPvm(p, n), p); }
-void operator delete[](void* p, size_t n) noexcept { TIERALLOC_DELETE(tl_je_ZdaPvm(p, n), p); }
-
-void* operator new(size_t n) { TIERALLOC_NEW_BY_SITE(tl_je_Znwm(n), n, false, tl_je_Znwm); }
-void* operator new[](size_t n) { TIERALLOC_NEW_BY_SITE(tl_je_Znam(n), n, false, tl_je_Znam); }
-void* operator new(size_t n, const std::nothrow_t& t) noexcept {
-  TIERALLOC_NEW_BY_SITE(tl_je_ZnwmRKSt9nothrow_t(n, t), n, true, je_new_nothrow);
-}
-void* operator new[](size_t n, const std::nothrow_t& t) noexcept {
-  TIERALLOC_NEW_BY_SITE(tl_je_ZnamRKSt9nothrow_t(n, t), n, true, je_new_array_nothrow);
-}
 void* operator new(size_t n, std::align_val_t a) {
   TIERALLOC_NEW(tl_je_ZnwmSt11align_val_t(n, a), n, static_cast<size_t>(a), false);
 }

@@ -7,10 +7,10 @@
 #include <cmath>
 
 #include "alloc/heap.h"
+#include "alloc/jemalloc_abi.h"
 
 namespace tieralloc::alloc {
 
-constinit std::atomic<uint32_t> g_detours{0};
 constinit thread_local uint64_t t_site_bytes_left = 0;
 constinit SampleSlot g_samples[kSiteSamples] = {};
 
@@ -135,19 +135,21 @@ void* site_alloc(size_t size, int tier, bool zero, size_t alignment) {
   return p;
 }
 
-extern "C" void tl_je_free(void* ptr);
-
 void site_free_steered(void* p) {
-  if (p && !heap_free(p)) tl_je_free(p);  // not in the page map: not tieralloc's to route
+  if (p && !heap_free(p)) raw_free(p);  // not in the page map: not tieralloc's to route
 }
 
 void sites_start(uint64_t mean_bytes) {
   if (!mean_bytes) return;
   g_mean_bytes.store(mean_bytes, std::memory_order_relaxed);
-  g_detours.fetch_or(kSiteSample, std::memory_order_relaxed);
+  detours_add(kSiteSample);
 }
 
-void sites_stop() { g_detours.fetch_and(~kSiteBits, std::memory_order_relaxed); }
+void sites_stop() { detours_remove(kSiteBits); }
+
+// In an atfork child handler the switch's lock may still be held for the fork (alloc/detours.cc):
+// the first fallback call after the fork brings jemalloc's fast paths back.
+void sites_stop_in_forked_child() { g_detours.fetch_and(~kSiteBits, std::memory_order_relaxed); }
 
 uint64_t sites_sample_bytes() {
   return (site_mode() & kSiteSample) ? g_mean_bytes.load(std::memory_order_relaxed) : 0;
@@ -182,7 +184,7 @@ void site_set_class(uint32_t slot, SiteClass c) {
 
 void sites_set_steering(bool on) {
   if (!on) {
-    g_detours.fetch_and(~kSiteSteer, std::memory_order_relaxed);
+    detours_remove(kSiteSteer);
     return;
   }
   // Steering only while sampling is on, decided in the same word: sites_stop may run meanwhile
@@ -191,6 +193,7 @@ void sites_set_steering(bool on) {
   uint32_t d = g_detours.load(std::memory_order_relaxed);
   while ((d & kSiteSample) && !g_detours.compare_exchange_weak(d, d | kSiteSteer, std::memory_order_relaxed)) {
   }
+  jemalloc_slow_sync();
 }
 
 SiteCounters site_counters() {

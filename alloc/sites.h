@@ -113,9 +113,10 @@ inline bool site_free_plain(const void* p, uint32_t detour_word) {
 }
 
 // Starts sampling every mean_bytes on average (the tiering engine, when it has a heat source);
-// sites_stop ends sampling and steering (engine stopped, forked child).
+// sites_stop ends sampling and steering (engine stopped); sites_stop_in_forked_child, from an atfork child handler.
 void sites_start(uint64_t mean_bytes);
 void sites_stop();
+void sites_stop_in_forked_child();
 uint64_t sites_sample_bytes();  // the mean interval while started, else 0
 
 // The engine's side. A sampled object, as remembered: address, size, and its site's slot.

@@ -6,21 +6,11 @@
 
 #include <cstdint>
 
+#include "alloc/jemalloc_abi.h"
 #include "os/memory.h"
 #include "os/signals.h"
 #include "poison/poison.h"
 #include "tieralloc/tieralloc.h"
-
-// jemalloc's own entry points (renamed in the archive, alloc/jemalloc_renames.txt, or bound to
-// jemalloc locally: dallocx and sallocx never return memory).
-extern "C" {
-void* tl_je_malloc(size_t size);
-int tl_je_posix_memalign(void** out, size_t alignment, size_t size);
-void* tl_je_mallocx(size_t size, int flags);
-size_t tl_je_xallocx(void* ptr, size_t size, size_t extra, int flags);
-size_t sallocx(const void* ptr, int flags);
-void dallocx(void* ptr, int flags);
-}
 
 namespace tieralloc::poison {
 namespace {
@@ -82,7 +72,7 @@ bool copy_old(void* q, const void* ptr, size_t n) {
 
 }  // namespace
 
-void* malloc_avoiding(size_t size) { return avoiding([&] { return tl_je_malloc(size); }); }
+void* malloc_avoiding(size_t size) { return avoiding([&] { return alloc::raw_malloc(size); }); }
 
 void* calloc_avoiding(size_t n, size_t size) {
   size_t bytes;

@@ -497,6 +497,8 @@ void* poison_worker(void*) {
   g_worker_tid.store(static_cast<pid_t>(syscall(SYS_gettid)), std::memory_order_release);
   for (;;) {
     uint32_t seen = g_event_seq.load(std::memory_order_acquire);
+    // A machine check's handler quarantined something and waits for this (quarantine()).
+    if (!alloc::jemalloc_slow_matches()) alloc::jemalloc_slow_sync();
     flush_journal();
     for (;;) {
       tieralloc_poison_event ev = {};
@@ -928,13 +930,24 @@ std::string stats_json() {
   return out + ", \"journal\": " + journal_stats_json() + "}";
 }
 
+// Machine checks come through a signal handler; every other source from a thread in normal context.
+bool from_signal_handler(int source) { return source == TIERALLOC_POISON_CONSUMED || source == TIERALLOC_POISON_FOUND; }
+
 int quarantine(uintptr_t addr, size_t len, int source) {
   const uintptr_t end = addr + len;
   if (!len || end < addr || !managed_range(addr, end)) return -EINVAL;
-  os::SignalSafeLock lock(g_lock);
-  for (uintptr_t page = addr & ~(kPage - 1); page < end; page += kPage)
-    if (int rc = insert(page, lines_of(page, addr & ~(kLineSize - 1), end), source); rc < 0) return rc;
-  push_event(addr & ~(kLineSize - 1), ((end + kLineSize - 1) & ~(kLineSize - 1)) - (addr & ~(kLineSize - 1)), source);
+  {
+    os::SignalSafeLock lock(g_lock);
+    for (uintptr_t page = addr & ~(kPage - 1); page < end; page += kPage)
+      if (int rc = insert(page, lines_of(page, addr & ~(kLineSize - 1), end), source); rc < 0) return rc;
+    push_event(addr & ~(kLineSize - 1), ((end + kLineSize - 1) & ~(kLineSize - 1)) - (addr & ~(kLineSize - 1)), source);
+  }
+  // jemalloc's fast paths, which know nothing of quarantine, are put aside before this returns.
+  // A handler cannot take jemalloc's lock for that: the worker (woken by push_event) does it, and
+  // the interrupted thread goes on once it has, or after 10 ms; meanwhile, and should the worker
+  // not run, every fallback call does it first (alloc/detours.h).
+  if (from_signal_handler(source)) alloc::jemalloc_slow_await(10);
+  else alloc::jemalloc_slow_sync();
   return 0;
 }
 
@@ -1128,7 +1141,10 @@ extern "C" int tieralloc_repair_write(void* dst, const void* src, size_t len) {
       }
     }
   }
-  if (rebuilt) release_held_blocks();
+  if (rebuilt) {
+    release_held_blocks();
+    alloc::jemalloc_slow_sync();  // the last page back in service gives jemalloc its fast paths back
+  }
   return all_clean ? 0 : 1;
 }
 

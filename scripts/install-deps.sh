@@ -11,6 +11,8 @@
 set -euo pipefail
 packages=(
   cmake ninja-build g++ make pkg-config python3 bzip2
+  # scripts/fetch-jemalloc-source.sh: dpkg-source, and dpkg-buildflags for Debian's compiler flags
+  dpkg-dev
   libjemalloc-dev libmemkind-dev libhwloc-dev libnuma-dev libgtest-dev libbenchmark-dev
   # tieralloc bench: its results documents, its charts, and the schema check of its tests
   nlohmann-json3-dev gnuplot-nox python3-jsonschema

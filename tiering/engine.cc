@@ -532,7 +532,7 @@ void atfork_child() {
   g_engine->running = false;
   g_engine->forked_child = true;
   // No heat source here any more: allocations go straight to jemalloc again.
-  alloc::sites_stop();
+  alloc::sites_stop_in_forked_child();
 }
 
 }  // namespace

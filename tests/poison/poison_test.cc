@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -406,6 +407,66 @@ TEST(Poison, NoAllocationLandsOnAQuarantinedPageAndRepairedPagesServeAgain) {
   for (auto& b : fresh) tieralloc_free(b.p);
   for (auto& b : live)
     if (b.p) tieralloc_free(b.p);
+}
+
+// malloc, free and operator new are jemalloc's own fast paths, which know nothing of quarantine:
+// a quarantine must put them aside in every thread (alloc/detours.h). Blocks freed from a page
+// sit in the freeing thread's cache, the first thing its next malloc of that size returns -- here
+// and in a second thread that cached blocks of the same page.
+TEST(Poison, PlainMallocAndNewNeverReturnCachedBlocksOfAQuarantinedPage) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "a sanitizer interposes malloc in this build";
+#endif
+  constexpr size_t kSize = 48;
+  std::vector<void*> blocks;
+  for (int i = 0; i < 4096; ++i) blocks.push_back(malloc(kSize));
+  // A page full of this test's blocks, from the middle of the run.
+  char* page = page_of(blocks[2048]);
+  std::vector<void*> on_page, elsewhere;
+  for (void* b : blocks) (page_of(b) == page && page_of(static_cast<char*>(b) + kSize - 1) == page ? on_page : elsewhere).push_back(b);
+  ASSERT_GE(on_page.size(), 40u);
+  // Half the page's blocks are freed by another thread (its cache), half by this one.
+  const size_t half = on_page.size() / 2;
+  std::atomic<int> stage{0};
+  std::atomic<int> other_hits{0};
+  std::thread other([&] {
+    for (size_t i = 0; i < half; ++i) free(on_page[i]);
+    stage.store(1);
+    while (stage.load() != 2) std::this_thread::yield();
+    std::vector<void*> got;
+    for (size_t i = 0; i < 2 * half; ++i) {
+      void* q = malloc(kSize);
+      if (page_of(q) == page) other_hits.fetch_add(1);
+      got.push_back(q);
+    }
+    for (void* q : got) free(q);
+  });
+  while (stage.load() != 1) std::this_thread::yield();
+  for (size_t i = half; i < on_page.size(); ++i) free(on_page[i]);
+  ASSERT_EQ(tieralloc_poison_report(page, kPage), 0);
+  stage.store(2);
+
+  std::vector<void*> got;
+  int hits = 0;
+  for (size_t i = 0; i < on_page.size(); ++i) {
+    void* q = malloc(kSize);
+    hits += page_of(q) == page;
+    got.push_back(q);
+    auto* n = new std::array<char, kSize>;
+    hits += page_of(n) == page;
+    got.push_back(n);
+  }
+  other.join();
+  EXPECT_EQ(hits, 0) << "malloc or new handed out a block of a quarantined page";
+  EXPECT_EQ(other_hits.load(), 0) << "another thread's malloc handed out a block of a quarantined page";
+
+  std::vector<char> zeros(kPage, 0);
+  ASSERT_EQ(tieralloc_repair_write(page, zeros.data(), kPage), 0);
+  for (size_t i = 0; i < got.size(); i += 2) {
+    free(got[i]);
+    delete static_cast<std::array<char, kSize>*>(got[i + 1]);
+  }
+  for (void* b : elsewhere) free(b);
 }
 
 // A page found bad while it held no live object: the next allocation jemalloc makes from the
