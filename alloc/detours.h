@@ -34,9 +34,13 @@ inline bool jemalloc_slow_matches() {
 }
 // Brings jemalloc's fast paths in line with the word. Not from a signal handler. A signal handler
 // that set a bit (the poison subsystem's, for a machine check) leaves this to a thread in normal
-// context -- the poison worker, woken by the handler, and failing that every fallback call, which
-// checks jemalloc_slow_matches() first -- and may wait for it with jemalloc_slow_await.
+// context -- the poison worker, woken by the handler, and failing that every fallback call (through
+// jemalloc_in_step) -- and may wait for it with jemalloc_slow_await.
 void jemalloc_slow_sync();
+// The cheap check first: what the fallbacks and the poison worker call. Not from a signal handler.
+inline void jemalloc_in_step() {
+  if (!jemalloc_slow_matches()) jemalloc_slow_sync();
+}
 // Async-signal-safe: waits up to `ms` milliseconds for some thread to run jemalloc_slow_sync.
 void jemalloc_slow_await(int ms);
 

@@ -71,7 +71,7 @@ extern "C" {
 // jemalloc's fast paths declined: see the top of this file. `site` is the caller of malloc (or of
 // operator new): jemalloc's malloc reaches its fallback by a tail jump.
 __attribute__((visibility("hidden"))) void* tieralloc_malloc_slow(size_t size, uintptr_t site) {
-  if (!tieralloc::alloc::jemalloc_slow_matches()) tieralloc::alloc::jemalloc_slow_sync();
+  tieralloc::alloc::jemalloc_in_step();
   const uint32_t d = tieralloc::alloc::detours();
   if (TIERALLOC_DETOURS(d)) {
     if (d & tieralloc::alloc::kQuarantine) return tieralloc::poison::malloc_avoiding(size);
@@ -99,14 +99,14 @@ static inline bool site_freed(void* ptr) {
 
 __attribute__((visibility("hidden"))) void je_free_default(void* ptr) {
   if (!ptr) return;
-  if (!tieralloc::alloc::jemalloc_slow_matches()) tieralloc::alloc::jemalloc_slow_sync();
+  tieralloc::alloc::jemalloc_in_step();
   if (!site_freed(ptr)) dallocx(ptr, 0);
 }
 
 // sdallocx, and the sized operator delete. dallocx rather than sdallocx, whose fast path would
 // decline again and come back here.
 __attribute__((visibility("hidden"))) void je_sdallocx_default(void* ptr, size_t, int flags) {
-  if (!tieralloc::alloc::jemalloc_slow_matches()) tieralloc::alloc::jemalloc_slow_sync();
+  tieralloc::alloc::jemalloc_in_step();
   if (!site_freed(ptr)) dallocx(ptr, flags);
 }
 

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "alloc/jemalloc_abi.h"
 #include "alloc/process_topology.h"
 #include "os/memory.h"
 #include "poison/poison.h"
@@ -27,10 +28,7 @@ extern char je_arena_emap_global[];           // emap_t, whose first member is t
 extern const size_t je_sz_index2size_tab[];  // size class index -> usable size
 void* je_rtree_leaf_elm_lookup_hard(void* tsdn, void* rtree, void* ctx, uintptr_t key, bool dependent, bool init_missing);
 void je_rtree_ctx_data_init(void* ctx);
-// Public entry points (alloc/jemalloc_renames.txt; sallocx and dallocx keep their names).
-void* tl_je_mallocx(size_t size, int flags);
-size_t sallocx(const void* ptr, int flags);
-void dallocx(void* ptr, int flags);
+// The public entry points are in alloc/jemalloc_abi.h.
 int mallctl(const char* name, void* oldp, size_t* oldlenp, void* newp, size_t newlen);
 }
 

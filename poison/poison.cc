@@ -498,7 +498,7 @@ void* poison_worker(void*) {
   for (;;) {
     uint32_t seen = g_event_seq.load(std::memory_order_acquire);
     // A machine check's handler quarantined something and waits for this (quarantine()).
-    if (!alloc::jemalloc_slow_matches()) alloc::jemalloc_slow_sync();
+    alloc::jemalloc_in_step();
     flush_journal();
     for (;;) {
       tieralloc_poison_event ev = {};
