@@ -306,7 +306,6 @@ void* map_extent(const Policy& p, void* new_addr, size_t size, size_t alignment,
     return nullptr;
   }
   bind_for(p, addr, size, node);
-  if (g_heap.huge_pages.load(std::memory_order_relaxed)) os::advise_huge_pages(addr, size);
   if (!page_map().set(reinterpret_cast<uintptr_t>(addr), size, entry_for(p, t, node, commit))) {
     os::unmap(addr, size);
     if (commit) sub_used(ts, size);
@@ -314,6 +313,9 @@ void* map_extent(const Policy& p, void* new_addr, size_t size, size_t alignment,
   }
   if (commit) ts.extents.fetch_add(1, std::memory_order_relaxed);
   g_ranges.add(reinterpret_cast<uintptr_t>(addr), size);
+  // After the range is registered: heap_use_huge_pages sets the flag, then walks the registry, so
+  // a range mapped meanwhile is advised by one or the other.
+  if (g_heap.huge_pages.load(std::memory_order_seq_cst)) os::advise_huge_pages(addr, size);
   note_peak(ts);
   return addr;
 }
@@ -748,7 +750,7 @@ bool heap_emulated() { return g_heap.emulated; }
 
 bool heap_use_huge_pages() {
   // Set first: a range mapped while the existing ones are advised is advised by map_extent.
-  g_heap.huge_pages.store(true, std::memory_order_relaxed);
+  g_heap.huge_pages.store(true, std::memory_order_seq_cst);
   static MappedRange ranges[4096];
   size_t n = std::min<size_t>(g_ranges.copy(ranges, 4096), 4096);
   bool ok = true;

@@ -236,6 +236,14 @@ void classify_sites(Engine& e) {
   std::sort(e.sample_runs.begin(), e.sample_runs.end());
 }
 
+// Every page of the run is heap: runs are what the engine moves, and a heap range need not start
+// or end on a run boundary.
+bool run_managed(uintptr_t run) {
+  for (size_t p = 0; p < kRunPages; ++p)
+    if (!page_map().get(run + p * 4096).managed()) return false;
+  return true;
+}
+
 // Adds up to `want` single-run spans over target_runs (not overlapping the first
 // n spans, wholly in memory tieralloc maps); their runs go to `targeted`. Returns how many.
 size_t target_sample_runs(Engine& e, Sampler::Span* spans, size_t n, size_t want, uintptr_t* targeted) {
@@ -245,9 +253,7 @@ size_t target_sample_runs(Engine& e, Sampler::Span* spans, size_t n, size_t want
     bool overlaps = false;
     for (size_t k = 0; k < n + added && !overlaps; ++k)
       overlaps = run < spans[k].addr + spans[k].runs * kRunBytes && spans[k].addr < run + kRunBytes;
-    bool mapped = !overlaps;
-    for (size_t p = 0; p < kRunPages && mapped; ++p) mapped = page_map().get(run + p * 4096).managed();
-    if (!mapped) continue;
+    if (overlaps || !run_managed(run)) continue;
     spans[n + added] = Sampler::Span{run, 1};
     targeted[added++] = run;
   }
@@ -365,13 +371,13 @@ void observe_damon(Engine& e) {
   std::vector<DamonRegion> regions;
   const uint64_t commits = e.damon.commits();
   bool ok = e.damon.set_ranges(damon_ranges()) && e.damon.read(regions);
-  if (!ok) {
+  {
     std::lock_guard<std::mutex> g(e.damon_error_lock);
-    e.damon_error = e.damon.reason();
+    e.damon_error = ok ? std::string() : e.damon.reason();  // the last read's, not any ever
   }
   uint64_t observed = 0, touched = 0;
   run_scores(regions, kRunBytes, [&](uintptr_t run, double accesses) {
-    if (!page_map().get(run).managed()) return;  // a gap between heap ranges, or jemalloc's neighbour
+    if (!run_managed(run)) return;  // a gap between heap ranges, a range's ragged end, a neighbour
     // A read is a measurement over a whole aggregation interval, not one first-touch time: it is
     // given more weight than a sampler's observation.
     observe(e.heat[run], static_cast<float>(accesses), kDamonObservationWeight);
@@ -512,11 +518,7 @@ void* engine_main(void* arg) {
 }
 
 void release_damon_at_exit() {
-  if (!g_engine || !g_engine->running || g_engine->source != Source::kDamon) return;
-  g_engine->stop = true;
-  pthread_join(g_engine->thread, nullptr);
-  g_engine->running = false;
-  g_engine->damon.stop();
+  if (g_engine && g_engine->source == Source::kDamon) engine_stop();
 }
 
 void atfork_prepare() {
