@@ -13,6 +13,7 @@
 
 #include "alloc/heap.h"
 #include "alloc/jemalloc_abi.h"
+#include "alloc/large_cache.h"
 #include "alloc/options.h"
 #include "alloc/process_topology.h"
 #include "alloc/sites.h"
@@ -74,8 +75,11 @@ __attribute__((visibility("hidden"))) void* tieralloc_malloc_slow(size_t size, u
   tieralloc::alloc::jemalloc_in_step();
   const uint32_t d = tieralloc::alloc::detours();
   if (TIERALLOC_DETOURS(d)) {
+    tieralloc::alloc::large_cache_flush();
     if (d & tieralloc::alloc::kQuarantine) return tieralloc::poison::malloc_avoiding(size);
     if (!tieralloc::alloc::site_pass(size, d)) return malloc_by_site(size, site);
+  } else if (void* p = tieralloc::alloc::large_cache_take(size)) {
+    return p;
   }
   return raw_malloc(size);
 }
@@ -87,28 +91,24 @@ __attribute__((visibility("hidden"))) void* je_malloc_default(size_t size) {
 // While sites are on, free goes through alloc/sites: a freed sample is forgotten (its memory is no
 // longer its site's), and while sites steer a block goes back to the thread cache of the arena it
 // came from -- jemalloc's free would put a cold site's block in the default cache, for the next
-// default allocation of its size class from any site.
-static inline bool site_freed(void* ptr) {
+// default allocation of its size class from any site. Otherwise a large block may stay in this
+// thread's cache (alloc/large_cache.h). flags: sdallocx's (0 for free).
+static inline void free_slow(void* ptr, int flags) {
+  tieralloc::alloc::jemalloc_in_step();
   const uint32_t d = tieralloc::alloc::detours();
-  if (TIERALLOC_SITES_ACTIVE(d) && !tieralloc::alloc::site_free_plain(ptr, d)) {
-    tieralloc::alloc::site_free_steered(ptr);
-    return true;
-  }
-  return false;
+  if (!TIERALLOC_DETOURS(d)) return tieralloc::alloc::large_cache_free(ptr, flags);
+  tieralloc::alloc::large_cache_flush();
+  if (TIERALLOC_SITES_ACTIVE(d) && !tieralloc::alloc::site_free_plain(ptr, d)) return tieralloc::alloc::site_free_steered(ptr);
+  dallocx(ptr, flags);
 }
 
 __attribute__((visibility("hidden"))) void je_free_default(void* ptr) {
-  if (!ptr) return;
-  tieralloc::alloc::jemalloc_in_step();
-  if (!site_freed(ptr)) dallocx(ptr, 0);
+  if (ptr) free_slow(ptr, 0);
 }
 
 // sdallocx, and the sized operator delete. dallocx rather than sdallocx, whose fast path would
 // decline again and come back here.
-__attribute__((visibility("hidden"))) void je_sdallocx_default(void* ptr, size_t, int flags) {
-  tieralloc::alloc::jemalloc_in_step();
-  if (!site_freed(ptr)) dallocx(ptr, flags);
-}
+__attribute__((visibility("hidden"))) void je_sdallocx_default(void* ptr, size_t, int flags) { free_slow(ptr, flags); }
 
 __attribute__((visibility("default"))) void* calloc(size_t n, size_t size) {
   const uint32_t d = tieralloc::alloc::detours();

@@ -98,6 +98,68 @@ TEST(Placement, JemallocRunsWithTierallocsConfiguration) {
   EXPECT_EQ(gc_incr, uint64_t{4} << 20);
 }
 
+uint64_t jemalloc_allocated() {
+  uint64_t epoch = 1;
+  size_t sz = sizeof epoch;
+  mallctl("epoch", &epoch, &sz, &epoch, sz);
+  size_t allocated = 0;
+  sz = sizeof allocated;
+  return mallctl("stats.allocated", &allocated, &sz, nullptr, 0) == 0 ? allocated : 0;
+}
+
+// Plain free keeps a thread's large blocks for its next plain malloc of the size (alloc/large_cache.h).
+// A block of a tier's arena must not be one of them: plain malloc would hand the slow tier's
+// memory to a default allocation.
+TEST(LargeBlocks, PlainFreeOfATierBlockNeverServesPlainMalloc) {
+  if (!kMallocIsTieralloc) GTEST_SKIP() << "a sanitizer interposes malloc in this build";
+  if (tieralloc_tier_count() < 2) GTEST_SKIP() << "needs two tiers: run by the emulated instance";
+  constexpr size_t kSize = 64 << 10;
+  void* cold = tieralloc_mallocx(kSize, TIERALLOC_TIER(last_tier()));
+  ASSERT_NE(cold, nullptr);
+  std::memset(cold, 1, kSize);
+  free(cold);
+  void* p = malloc(kSize);
+  ASSERT_NE(p, nullptr);
+  std::memset(p, 2, kSize);
+  EXPECT_NE(p, cold);
+  EXPECT_EQ(tieralloc_tier_of(p), 0);
+  free(p);
+}
+
+// The blocks a thread keeps go back to jemalloc when it exits; otherwise every thread that ever
+// freed a large block would leak up to the cache's size.
+TEST(LargeBlocks, AThreadGivesItsBlocksBackWhenItExits) {
+  if (!kMallocIsTieralloc) GTEST_SKIP() << "a sanitizer interposes malloc in this build";
+  constexpr size_t kSize = 1 << 20;
+  const uint64_t before = jemalloc_allocated();
+  std::thread([] {
+    for (size_t size : {kSize, kSize / 2, kSize / 4}) {
+      void* p = malloc(size);
+      ASSERT_NE(p, nullptr);
+      std::memset(p, 1, size);
+      free(p);
+    }
+  }).join();
+  const uint64_t after = jemalloc_allocated();
+  EXPECT_LT(after, before + kSize / 2) << "an exited thread's freed blocks are still allocated";
+}
+
+// A block kept by the cache is still jemalloc's to lose: freeing it twice must not make two owners.
+TEST(LargeBlocks, DoubleFreeIsCaughtNotHandedOutTwice) {
+  if (!kMallocIsTieralloc) GTEST_SKIP() << "a sanitizer interposes malloc in this build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        void* volatile p = malloc(100 << 10);
+        free(p);
+        free(p);
+        void* a = malloc(100 << 10);
+        void* b = malloc(100 << 10);
+        if (a == b) fprintf(stderr, "handed out twice\n");
+      },
+      "double free");
+}
+
 TEST(Placement, HintsPickFastestAndSlowest) {
   void* hot = tieralloc_mallocx(4096, TIERALLOC_HOT);
   void* cold = tieralloc_mallocx(4096, TIERALLOC_COLD);

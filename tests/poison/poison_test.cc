@@ -472,6 +472,50 @@ TEST(Poison, PlainMallocAndNewNeverReturnCachedBlocksOfAQuarantinedPage) {
   for (void* b : elsewhere) free(b);
 }
 
+// Large blocks freed with plain free stay in the freeing thread's cache for its next malloc of the
+// size (alloc/large_cache.h), here and in a second thread. Once a page of theirs is quarantined,
+// that malloc must not hand the page out still bad: it gets other memory, or jemalloc's free block
+// that absorbed the page (a fresh frame, Poison.FreeBlockAbsorbsItsBadPageAndIsHandedOutAgain).
+TEST(Poison, PlainMallocNeverReturnsAKeptLargeBlockWithAQuarantinedPage) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "a sanitizer interposes malloc in this build";
+#endif
+  constexpr size_t kSize = 96 << 10;
+  std::atomic<int> stage{0};
+  std::atomic<char*> other_page{nullptr};
+  std::atomic<int> other_bad{-2};
+  std::thread other([&] {
+    void* p = malloc(kSize);
+    std::memset(p, 1, kSize);
+    other_page.store(page_of(static_cast<char*>(p) + kSize / 2));
+    free(p);
+    stage.store(1);
+    while (stage.load() != 2) std::this_thread::yield();
+    void* q = malloc(kSize);
+    other_bad.store(tieralloc_poison_check(q, kSize));
+    std::memset(q, 2, kSize);
+    free(q);
+  });
+  void* mine = malloc(kSize);
+  std::memset(mine, 1, kSize);
+  char* my_page = page_of(static_cast<char*>(mine) + kSize / 2);
+  free(mine);
+  while (stage.load() != 1) std::this_thread::yield();
+  ASSERT_EQ(tieralloc_poison_report(my_page, kPage), 0);
+  ASSERT_EQ(tieralloc_poison_report(other_page.load(), kPage), 0);
+  ASSERT_GT(tieralloc_poison_check(my_page, kPage), 0);
+  stage.store(2);
+  void* q = malloc(kSize);
+  EXPECT_EQ(tieralloc_poison_check(q, kSize), 0) << "malloc handed out a kept block holding a quarantined page";
+  std::memset(q, 2, kSize);
+  other.join();
+  EXPECT_EQ(other_bad.load(), 0) << "another thread's malloc handed out its kept block holding a quarantined page";
+  free(q);
+  std::vector<char> zeros(kPage, 0);
+  ASSERT_EQ(tieralloc_repair_write(my_page, zeros.data(), kPage), 0);
+  ASSERT_EQ(tieralloc_repair_write(other_page.load(), zeros.data(), kPage), 0);
+}
+
 // A page found bad while it held no live object: the next allocation jemalloc makes from the
 // freed block takes it back at once -- fresh frame, zeroed -- instead of holding the block aside.
 TEST(Poison, FreeBlockAbsorbsItsBadPageAndIsHandedOutAgain) {

@@ -1,0 +1,34 @@
+// Plain malloc's large blocks (16 KiB to 1 MiB), kept per thread from a free to the next plain
+// malloc of the same size class.
+//
+// Why: a large malloc/free pair through jemalloc costs 2.5 times glibc's (530 against 330
+// instructions at 64 KiB, callgrind), and most of it is not the allocation. Every large call moves
+// the thread's byte counters past jemalloc's 64 KiB event threshold (the peak-usage statistic), and
+// each event recomputes every event's threshold; the rest is mallocx's general path. A block kept
+// here is one jemalloc still counts as allocated, so taking it back costs neither.
+//
+// Only blocks of jemalloc's automatic arenas, the ones plain malloc allocates from, are kept:
+// a block of a tier's arena (tieralloc_mallocx) freed with plain free goes back to its arena. Nothing is kept or handed out while the detour word is nonzero
+// (alloc/detours.h): a quarantined page must not come back through here, and allocation sites see
+// every call. Off when jemalloc samples for heap profiling (opt.prof), which counts bytes too.
+#pragma once
+
+#include <cstddef>
+
+namespace tieralloc::alloc {
+
+// Enables the cache (from heap initialisation, once jemalloc is up).
+void large_cache_init();
+// A block for plain malloc(size) from this thread's cache, or nullptr. Only called while the detour
+// word is zero.
+void* large_cache_take(size_t size);
+// Plain free's end (free, sdallocx and sized delete, with their flags) while the detour word is
+// zero: keeps a large block of an automatic arena, or gives the block to jemalloc -- a large block
+// of a tier's arena past jemalloc's thread cache, which is shared by all arenas and would hand it
+// to the next plain malloc of its size class.
+void large_cache_free(void* ptr, int flags);
+// Gives this thread's blocks back to jemalloc: when the detour word is set, before a strict request
+// retries past a budget, and at thread exit.
+void large_cache_flush();
+
+}  // namespace tieralloc::alloc
