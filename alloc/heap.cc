@@ -16,6 +16,7 @@
 #include "alloc/options.h"
 #include "alloc/pagemap.h"
 #include "alloc/process_topology.h"
+#include "alloc/tcache_direct.h"
 #include "os/fs.h"
 #include "os/memory.h"
 
@@ -634,7 +635,7 @@ bool heap_free(void* ptr) {
   // plain allocations by the thread's default cache.
   if (e.owner != kAutoSlot && e.owner < kMaxSlots && t_tcache[e.owner]) dallocx(ptr, MALLOCX_TCACHE(t_tcache[e.owner] - 1));
   else if (e.owner != kAutoSlot) dallocx(ptr, MALLOCX_TCACHE_NONE);
-  else dallocx(ptr, 0);
+  else if (!tcache_direct_free(ptr)) dallocx(ptr, 0);  // (allocation sites' steering, alloc/sites.cc)
   return true;
 }
 

@@ -35,7 +35,6 @@ struct Bin {
 };
 
 struct ThreadCache {
-  size_t bytes;
   bool exiting;  // flushed by the thread-exit destructor: later frees must not refill it
   bool key_set;
   Bin bins[kMaxClasses];
@@ -65,6 +64,8 @@ void on_thread_exit(void*) {
 
 }  // namespace
 
+constinit thread_local size_t t_large_cache_bytes = 0;
+
 void large_cache_init() {
   if (config_prof && opt_prof) return;
   unsigned n = sz_size2index(kMaxBlock) - SC_NBINS + 1;
@@ -80,7 +81,7 @@ void* large_cache_take(size_t size) {
   const szind_t ind = sz_size2index(size);
   Bin& bin = t_cache.bins[ind - SC_NBINS];
   if (bin.count == 0) return nullptr;
-  t_cache.bytes -= sz_index2size(ind);
+  t_large_cache_bytes -= sz_index2size(ind);
   return bin.slot[--bin.count];
 }
 
@@ -89,7 +90,7 @@ namespace {
 // Keeps a large block of an automatic arena (class cls, usable size usize); false if there is no room.
 bool keep(void* ptr, unsigned cls, size_t usize) {
   Bin& bin = t_cache.bins[cls];
-  if (bin.count == kSlots || t_cache.bytes + usize > kMaxBytes || t_cache.exiting) return false;
+  if (bin.count == kSlots || t_large_cache_bytes + usize > kMaxBytes || t_cache.exiting) return false;
   // Handing one block out twice would corrupt two owners' data; glibc's cache catches this too.
   for (uint32_t i = 0; i < bin.count; ++i)
     if (bin.slot[i] == ptr) double_free(ptr);
@@ -98,7 +99,7 @@ bool keep(void* ptr, unsigned cls, size_t usize) {
     t_cache.key_set = true;
   }
   bin.slot[bin.count++] = ptr;
-  t_cache.bytes += usize;
+  t_large_cache_bytes += usize;
   return true;
 }
 
@@ -122,13 +123,12 @@ void large_cache_free(void* ptr, int flags) {
   dallocx(ptr, flags);
 }
 
-void large_cache_flush() {
-  if (t_cache.bytes == 0) return;
+void large_cache_flush_all() {
   for (unsigned c = 0; c < g_nclasses; ++c) {
     Bin& bin = t_cache.bins[c];
     while (bin.count > 0) dallocx(bin.slot[--bin.count], 0);
   }
-  t_cache.bytes = 0;
+  t_large_cache_bytes = 0;
 }
 
 }  // namespace tieralloc::alloc

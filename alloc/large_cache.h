@@ -27,8 +27,14 @@ void* large_cache_take(size_t size);
 // of a tier's arena past jemalloc's thread cache, which is shared by all arenas and would hand it
 // to the next plain malloc of its size class.
 void large_cache_free(void* ptr, int flags);
+// Bytes this thread keeps. initial-exec: a plain %fs-relative load, which is all a fallback call
+// pays for large_cache_flush while the detour word is set.
+extern constinit thread_local size_t t_large_cache_bytes __attribute__((tls_model("initial-exec"), visibility("hidden")));
+void large_cache_flush_all();
 // Gives this thread's blocks back to jemalloc: when the detour word is set, before a strict request
 // retries past a budget, and at thread exit.
-void large_cache_flush();
+inline void large_cache_flush() {
+  if (__builtin_expect(t_large_cache_bytes != 0, 0)) large_cache_flush_all();
+}
 
 }  // namespace tieralloc::alloc

@@ -17,6 +17,7 @@
 #include "alloc/options.h"
 #include "alloc/process_topology.h"
 #include "alloc/sites.h"
+#include "alloc/tcache_direct.h"
 #include "os/fs.h"
 #include "os/signals.h"
 #include "poison/poison.h"
@@ -45,11 +46,18 @@ using tieralloc::alloc::site_alloc;
 using tieralloc::alloc::site_decide;
 using tieralloc::alloc::site_record;
 
+// A default allocation while jemalloc's fast paths are put aside: from the thread cache as they
+// would have served it (alloc/tcache_direct.h), else through jemalloc's general path.
+inline void* default_malloc(size_t size) {
+  void* p = tieralloc::alloc::tcache_direct_alloc(size);
+  return p ? p : raw_malloc(size);
+}
+
 __attribute__((noinline)) void* malloc_by_site(size_t size, uintptr_t site) {
   bool sampled;
   int tier = site_decide(size, site, &sampled);
   void* p = tier >= 0 ? site_alloc(size, tier, false) : nullptr;
-  if (!p) p = raw_malloc(size);
+  if (!p) p = default_malloc(size);
   if (sampled) site_record(site, p, size);
   return p;
 }
@@ -77,7 +85,7 @@ __attribute__((visibility("hidden"))) void* tieralloc_malloc_slow(size_t size, u
   if (TIERALLOC_DETOURS(d)) {
     tieralloc::alloc::large_cache_flush();
     if (d & tieralloc::alloc::kQuarantine) return tieralloc::poison::malloc_avoiding(size);
-    if (!tieralloc::alloc::site_pass(size, d)) return malloc_by_site(size, site);
+    return tieralloc::alloc::site_pass(size, d) ? default_malloc(size) : malloc_by_site(size, site);
   } else if (void* p = tieralloc::alloc::large_cache_take(size)) {
     return p;
   }
@@ -99,7 +107,7 @@ static inline void free_slow(void* ptr, int flags) {
   if (!TIERALLOC_DETOURS(d)) return tieralloc::alloc::large_cache_free(ptr, flags);
   tieralloc::alloc::large_cache_flush();
   if (TIERALLOC_SITES_ACTIVE(d) && !tieralloc::alloc::site_free_plain(ptr, d)) return tieralloc::alloc::site_free_steered(ptr);
-  dallocx(ptr, flags);
+  if (flags != 0 || !tieralloc::alloc::tcache_direct_free(ptr)) dallocx(ptr, flags);
 }
 
 __attribute__((visibility("hidden"))) void je_free_default(void* ptr) {

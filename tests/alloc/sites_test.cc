@@ -132,6 +132,28 @@ TEST(Sites, SamplingRunsWithTheHeatSource) {
   EXPECT_GE(stats_figure(s, "tracked"), 2u) << s;
 }
 
+// While sites sample or steer, plain malloc and free reach tieralloc first, and the thread cache
+// serves them past jemalloc's fast paths (alloc/tcache_direct.h). jemalloc's byte counters, which
+// its events (cache GC, statistics) hang on, must still count every call.
+TEST(Sites, JemallocCountsEveryPlainCallSitesSee) {
+  if (!malloc_is_tieralloc()) GTEST_SKIP() << "a sanitizer interposes malloc in this build";
+  Workload::get();
+  ASSERT_GT(stats_figure(stats_json(), "sample_bytes"), 0u) << "sites are not sampling";
+  uint64_t *allocated = nullptr, *deallocated = nullptr;
+  size_t sz = sizeof allocated;
+  ASSERT_EQ(mallctl("thread.allocatedp", &allocated, &sz, nullptr, 0), 0);
+  ASSERT_EQ(mallctl("thread.deallocatedp", &deallocated, &sz, nullptr, 0), 0);
+  const uint64_t allocated_before = *allocated, deallocated_before = *deallocated;
+  constexpr uint64_t kPairs = 100000, kSize = 64;
+  for (uint64_t i = 0; i < kPairs; ++i) {
+    void* p = malloc(kSize);
+    asm volatile("" : : "r"(p) : "memory");
+    free(p);
+  }
+  EXPECT_GE(*allocated - allocated_before, kPairs * kSize);
+  EXPECT_GE(*deallocated - deallocated_before, kPairs * kSize);
+}
+
 // The objects of the two sites share every run; only the first-touch address tells them apart.
 TEST(Sites, TouchedSiteStartsFastUntouchedSiteStartsSlow) {
   Workload& w = Workload::get();
