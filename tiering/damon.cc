@@ -216,7 +216,6 @@ bool DamonMonitor::read(std::vector<DamonRegion>& out) {
     out.push_back(DamonRegion{static_cast<uintptr_t>(*start), static_cast<uintptr_t>(*end), static_cast<uint32_t>(*accesses)});
   }
   std::sort(out.begin(), out.end(), [](const DamonRegion& a, const DamonRegion& b) { return a.start < b.start; });
-  regions_last_read_ = out.size();
   return true;
 }
 

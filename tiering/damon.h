@@ -96,7 +96,6 @@ class DamonMonitor {
   pid_t kdamond_pid() const { return kdamond_pid_; }
   const Attrs& attrs() const { return attrs_; }
   uint32_t max_accesses() const { return attrs_.aggr_us / attrs_.sample_us; }
-  size_t regions_last_read() const { return regions_last_read_; }
   uint32_t max_regions() const { return max_regions_; }
   uint64_t commits() const { return commits_; }  // times new ranges were given to the running kdamond
   const std::string& reason() const { return reason_; }
@@ -110,7 +109,6 @@ class DamonMonitor {
   pid_t owner_ = 0;  // the process that started it (a forked child must not stop it)
   pid_t kdamond_pid_ = 0;
   std::vector<AddressRange> ranges_;
-  size_t regions_last_read_ = 0;
   uint32_t max_regions_ = 0;
   uint64_t commits_ = 0;
   std::string reason_;

@@ -366,6 +366,12 @@ constexpr float kDamonObservationWeight = 0.5f;
 // spaced so that this thread's share of a core stays within the heat budget (reading costs three
 // sysfs files per region), and never closer than one aggregation interval: DAMON has nothing new
 // before.
+// The kdamond's CPU time over the engine's wall time, in percent of one core.
+double kdamond_cpu_percent(const Engine& e) {
+  const double wall_s = static_cast<double>(now_ns() - e.started_ns.load()) / 1e9;
+  return wall_s > 0 ? 100.0 * static_cast<double>(e.kdamond_cpu_ns.load()) / 1e9 / wall_s : 0.0;
+}
+
 void observe_damon(Engine& e) {
   const uint64_t cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
   std::vector<DamonRegion> regions;
@@ -703,7 +709,7 @@ std::string engine_stats_json() {
              ", \"damon\": {\"kdamond_pid\": %d, \"sample_us\": %u, \"aggr_us\": %u, \"max_regions\": %u, "
              "\"regions\": %zu, \"reads\": %llu, \"kdamond_cpu_percent\": %.3f, \"error\": ",
              static_cast<int>(e->damon.kdamond_pid()), a.sample_us, a.aggr_us, e->damon.max_regions(), e->damon_regions.load(),
-             u(e->damon_reads), wall_s > 0 ? 100.0 * static_cast<double>(e->kdamond_cpu_ns.load()) / 1e9 / wall_s : 0.0);
+             u(e->damon_reads), kdamond_cpu_percent(*e));
     out.pop_back();
     out += buf;
     os::append_json_string(out, error);
@@ -725,15 +731,13 @@ std::string engine_status_text() {
   } else {
     const char* state = e->running ? "running" : e->forked_child ? "stopped (forked child)" : "stopped";
     if (e->source == Source::kDamon) {
-      double wall_s = static_cast<double>(now_ns() - e->started_ns.load()) / 1e9;
       snprintf(line, sizeof line,
                "tieralloc: engine: %s; heat source: DAMON (the kernel's access monitor on this process's virtual "
                "addresses: %zu regions, an accessed-bit check per region every %u us; kdamond CPU %.3f%% of one core); "
                "migration: %s\n",
                state, e->damon_regions.load(), e->damon.attrs().sample_us,
-               wall_s > 0 ? 100.0 * static_cast<double>(e->kdamond_cpu_ns.load()) / 1e9 / wall_s : 0.0,
-               alloc::heap_emulated() ? "page map only (emulated tiers)" : "move_pages");
-    } else if (e->cfg.sampler_cpu_percent > 0)
+               kdamond_cpu_percent(*e), alloc::heap_emulated() ? "page map only (emulated tiers)" : "move_pages");
+    } else if (e->source == Source::kSampler)
       snprintf(line, sizeof line,
                "tieralloc: engine: %s; heat source: hinting-fault sampler over 2 MiB runs (%.2f%% of one core budgeted, "
                "%.3f%% used; heap on transparent huge pages: %s); migration: %s\n",
