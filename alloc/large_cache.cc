@@ -15,6 +15,7 @@ extern "C" {
 #include "jemalloc/internal/emap.h"
 }
 
+#include "alloc/heap.h"
 #include "alloc/jemalloc_abi.h"
 
 namespace tieralloc::alloc {
@@ -108,18 +109,19 @@ bool keep(void* ptr, unsigned cls, size_t usize) {
 void large_cache_free(void* ptr, int flags) {
   tsd_t* tsd = tsd_get(false);
   emap_full_alloc_ctx_t ctx;
-  // Not nominal: the thread is starting, exiting or reentrant. Not found: not jemalloc's, for
-  // jemalloc to report.
-  if (!g_on.load(std::memory_order_relaxed) || !tsd_fast(tsd) ||
-      emap_full_alloc_ctx_try_lookup(tsd_tsdn(tsd), &arena_emap_global, ptr, &ctx) || ctx.edata == nullptr ||
-      ctx.slab || edata_addr_get(ctx.edata) != ptr)  // an interior pointer: jemalloc's to report
+  // Not nominal: the thread is starting, exiting or reentrant. Not found, or an interior pointer:
+  // jemalloc's to report.
+  if (!tsd_fast(tsd) || emap_full_alloc_ctx_try_lookup(tsd_tsdn(tsd), &arena_emap_global, ptr, &ctx) ||
+      ctx.edata == nullptr || ctx.slab || edata_addr_get(ctx.edata) != ptr)
     return dallocx(ptr, flags);
-  if (edata_arena_ind_get(ctx.edata) >= narenas_auto)
-    return dallocx(ptr, (flags & MALLOCX_TCACHE_MASK) ? flags : flags | MALLOCX_TCACHE_NONE);
   // A thread cache or arena in the flags is the caller's choice, for jemalloc to see; an alignment
   // says nothing about where the block may go next.
+  const bool plain = (flags & ~MALLOCX_LG_ALIGN_MASK) == 0;
+  // A tier's block: routed as tieralloc_free routes it, to its own arena's cache.
+  if (edata_arena_ind_get(ctx.edata) >= narenas_auto && plain && heap_free(ptr)) return;
   const unsigned cls = ctx.szind - SC_NBINS;
-  if ((flags & ~MALLOCX_LG_ALIGN_MASK) == 0 && cls < g_nclasses && keep(ptr, cls, sz_index2size(ctx.szind))) return;
+  if (plain && g_on.load(std::memory_order_relaxed) && cls < g_nclasses && keep(ptr, cls, sz_index2size(ctx.szind)))
+    return;
   dallocx(ptr, flags);
 }
 

@@ -7,8 +7,9 @@
 // each event recomputes every event's threshold; the rest is mallocx's general path. A block kept
 // here is one jemalloc still counts as allocated, so taking it back costs neither.
 //
-// Only blocks of jemalloc's automatic arenas, the ones plain malloc allocates from, are kept:
-// a block of a tier's arena (tieralloc_mallocx) freed with plain free goes back to its arena. Nothing is kept or handed out while the detour word is nonzero
+// Only blocks of jemalloc's automatic arenas, the ones plain malloc allocates from, are kept: a
+// block of a tier's arena (tieralloc_mallocx) freed with plain free goes where tieralloc_free would
+// put it (heap_free). Nothing is kept or handed out while the detour word is nonzero
 // (alloc/detours.h): a quarantined page must not come back through here, and allocation sites see
 // every call. Off when jemalloc samples for heap profiling (opt.prof), which counts bytes too.
 #pragma once
@@ -23,9 +24,9 @@ void large_cache_init();
 // word is zero.
 void* large_cache_take(size_t size);
 // Plain free's end (free, sdallocx and sized delete, with their flags) while the detour word is
-// zero: keeps a large block of an automatic arena, or gives the block to jemalloc -- a large block
-// of a tier's arena past jemalloc's thread cache, which is shared by all arenas and would hand it
-// to the next plain malloc of its size class.
+// zero: keeps a large block of an automatic arena, or frees the block -- a large block of a tier's
+// arena to that arena's own thread cache (heap_free), not the thread's default one, which is shared
+// by all arenas and would hand it to the next plain malloc of its size class.
 void large_cache_free(void* ptr, int flags);
 // Bytes this thread keeps. initial-exec: a plain %fs-relative load, which is all a fallback call
 // pays for large_cache_flush while the detour word is set.
