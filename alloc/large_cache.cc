@@ -126,9 +126,11 @@ void large_cache_free(void* ptr, int flags) {
 }
 
 void large_cache_flush_all() {
+  // Past jemalloc's thread cache, which keeps these classes too (tcache_max): a strict retry flushes
+  // to give a tier's budget back, which blocks moved into that cache would still hold.
   for (unsigned c = 0; c < g_nclasses; ++c) {
     Bin& bin = t_cache.bins[c];
-    while (bin.count > 0) dallocx(bin.slot[--bin.count], 0);
+    while (bin.count > 0) dallocx(bin.slot[--bin.count], MALLOCX_TCACHE_NONE);
   }
   t_large_cache_bytes = 0;
 }
