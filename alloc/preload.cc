@@ -107,7 +107,10 @@ static inline void free_slow(void* ptr, int flags) {
   if (!TIERALLOC_DETOURS(d)) return tieralloc::alloc::large_cache_free(ptr, flags);
   tieralloc::alloc::large_cache_flush();
   if (TIERALLOC_SITES_ACTIVE(d) && !tieralloc::alloc::site_free_plain(ptr, d)) return tieralloc::alloc::site_free_steered(ptr);
-  if (flags != 0 || !tieralloc::alloc::tcache_direct_free(ptr)) dallocx(ptr, flags);
+  if (flags != 0) return dallocx(ptr, flags);
+  // A small block as jemalloc's free would take it; any other as tieralloc_free routes it, so that
+  // a tier's large block goes to its arena's cache whatever the detour word says.
+  if (!tieralloc::alloc::tcache_direct_free(ptr) && !tieralloc::alloc::heap_free(ptr)) dallocx(ptr, 0);
 }
 
 __attribute__((visibility("hidden"))) void je_free_default(void* ptr) {

@@ -154,6 +154,25 @@ TEST(Sites, JemallocCountsEveryPlainCallSitesSee) {
   EXPECT_GE(*deallocated - deallocated_before, kPairs * kSize);
 }
 
+// With sites on, free takes tieralloc's fallback for every block; a tier's large block freed with
+// plain free must still go back to its own arena, not to the cache the next plain malloc takes from.
+TEST(Sites, PlainFreeOfATierBlockNeverServesPlainMalloc) {
+  if (!malloc_is_tieralloc()) GTEST_SKIP() << "a sanitizer interposes malloc in this build";
+  Workload::get();
+  ASSERT_GT(stats_figure(stats_json(), "sample_bytes"), 0u) << "sites are not sampling";
+  constexpr size_t kSize = 64 << 10;
+  void* cold = tieralloc_mallocx(kSize, TIERALLOC_TIER(1));
+  ASSERT_NE(cold, nullptr);
+  memset(cold, 1, kSize);
+  free(cold);
+  void* p = malloc(kSize);
+  ASSERT_NE(p, nullptr);
+  memset(p, 2, kSize);
+  EXPECT_NE(p, cold);
+  EXPECT_EQ(tieralloc_tier_of(p), 0);
+  free(p);
+}
+
 // The objects of the two sites share every run; only the first-touch address tells them apart.
 TEST(Sites, TouchedSiteStartsFastUntouchedSiteStartsSlow) {
   Workload& w = Workload::get();
