@@ -42,16 +42,10 @@ using tieralloc::alloc::raw_malloc;
 
 namespace {
 
+using tieralloc::alloc::default_malloc;
 using tieralloc::alloc::site_alloc;
 using tieralloc::alloc::site_decide;
 using tieralloc::alloc::site_record;
-
-// A default allocation while jemalloc's fast paths are put aside: from the thread cache as they
-// would have served it (alloc/tcache_direct.h), else through jemalloc's general path.
-inline void* default_malloc(size_t size) {
-  void* p = tieralloc::alloc::tcache_direct_alloc(size);
-  return p ? p : raw_malloc(size);
-}
 
 __attribute__((noinline)) void* malloc_by_site(size_t size, uintptr_t site) {
   bool sampled;

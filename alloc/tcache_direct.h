@@ -19,11 +19,19 @@
 
 #include <cstddef>
 
+#include "alloc/jemalloc_abi.h"
+
 namespace tieralloc::alloc {
 
 // A block of at most 4 KiB from this thread's cache, or nullptr where jemalloc's fast path would
 // have fallen back (an event due, an empty bin, a thread not in the state above).
 void* tcache_direct_alloc(size_t size);
+// A default allocation while jemalloc's fast paths are put aside: from the thread cache as they
+// would have served it, else through jemalloc's general path.
+inline void* default_malloc(size_t size) {
+  void* p = tcache_direct_alloc(size);
+  return p ? p : raw_malloc(size);
+}
 // Puts a small block into this thread's cache; false where jemalloc's fast path would have fallen
 // back (the caller frees it through jemalloc's general path).
 bool tcache_direct_free(void* ptr);

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "alloc/jemalloc_abi.h"
+#include "alloc/tcache_direct.h"
 #include "os/memory.h"
 #include "os/signals.h"
 #include "poison/poison.h"
@@ -72,7 +73,9 @@ bool copy_old(void* q, const void* ptr, size_t n) {
 
 }  // namespace
 
-void* malloc_avoiding(size_t size) { return avoiding([&] { return alloc::raw_malloc(size); }); }
+// jemalloc's fast paths are put aside while anything is quarantined: the thread cache serves as
+// they would have, and every block is checked all the same.
+void* malloc_avoiding(size_t size) { return avoiding([&] { return alloc::default_malloc(size); }); }
 
 void* calloc_avoiding(size_t n, size_t size) {
   size_t bytes;
