@@ -193,7 +193,7 @@ void sites_set_steering(bool on) {
   uint32_t d = g_detours.load(std::memory_order_relaxed);
   while ((d & kSiteSample) && !g_detours.compare_exchange_weak(d, d | kSiteSteer, std::memory_order_relaxed)) {
   }
-  jemalloc_slow_sync();
+  jemalloc_in_step();  // every policy round calls this: the lock and wake-up only on a change
 }
 
 SiteCounters site_counters() {

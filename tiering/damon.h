@@ -22,6 +22,7 @@
 #include <sys/types.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -93,10 +94,10 @@ class DamonMonitor {
   void stop();
 
   bool running() const { return owner_ != 0; }
-  pid_t kdamond_pid() const { return kdamond_pid_; }
+  pid_t kdamond_pid() const { return kdamond_pid_.load(std::memory_order_relaxed); }
   const Attrs& attrs() const { return attrs_; }
   uint32_t max_accesses() const { return attrs_.aggr_us / attrs_.sample_us; }
-  uint32_t max_regions() const { return max_regions_; }
+  uint32_t max_regions() const { return max_regions_.load(std::memory_order_relaxed); }
   uint64_t commits() const { return commits_; }  // times new ranges were given to the running kdamond
   const std::string& reason() const { return reason_; }
 
@@ -107,9 +108,10 @@ class DamonMonitor {
 
   Attrs attrs_;
   pid_t owner_ = 0;  // the process that started it (a forked child must not stop it)
-  pid_t kdamond_pid_ = 0;
+  // Atomic: the statistics read these from other threads while the engine thread changes them.
+  std::atomic<pid_t> kdamond_pid_{0};
   std::vector<AddressRange> ranges_;
-  uint32_t max_regions_ = 0;
+  std::atomic<uint32_t> max_regions_{0};
   uint64_t commits_ = 0;
   std::string reason_;
 };
