@@ -5,6 +5,8 @@
 // fallback would no longer know the caller, which is what allocation sites are.
 #include <new>
 
+#include "alloc/new_handler.h"
+
 extern "C" {
 #include "jemalloc/internal/jemalloc_preamble.h"
 #include "jemalloc/internal/jemalloc_internal_includes.h"
@@ -14,25 +16,8 @@ extern "C" void* tieralloc_malloc_slow(size_t size, uintptr_t site) __attribute_
 
 namespace {
 
-// The new-handler protocol, as jemalloc's operators follow it.
 __attribute__((noinline)) void* new_failed(size_t size, uintptr_t site, bool nothrow) {
-  for (;;) {
-    std::new_handler handler = std::get_new_handler();
-    if (!handler) {
-      if (nothrow) return nullptr;
-      throw std::bad_alloc();
-    }
-    if (nothrow) {
-      try {
-        handler();
-      } catch (...) {
-        return nullptr;
-      }
-    } else {
-      handler();
-    }
-    if (void* p = tieralloc_malloc_slow(size, site)) return p;
-  }
+  return tieralloc::alloc::retry_with_new_handler([&] { return tieralloc_malloc_slow(size, site); }, nothrow);
 }
 
 // Reached by a tail jump from the operator: the return address is the operator's caller.

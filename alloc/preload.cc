@@ -14,6 +14,7 @@
 #include "alloc/heap.h"
 #include "alloc/jemalloc_abi.h"
 #include "alloc/large_cache.h"
+#include "alloc/new_handler.h"
 #include "alloc/options.h"
 #include "alloc/process_topology.h"
 #include "alloc/sites.h"
@@ -215,23 +216,9 @@ void* tl_je_ZnamSt11align_val_tRKSt9nothrow_t(size_t, std::align_val_t, const st
 namespace {
 
 __attribute__((noinline)) void* new_avoiding(size_t size, size_t alignment, bool nothrow) {
-  for (;;) {
-    if (void* p = tieralloc::poison::new_avoiding(size, alignment)) return p;
-    std::new_handler handler = std::get_new_handler();
-    if (!handler) {
-      if (nothrow) return nullptr;
-      throw std::bad_alloc();
-    }
-    if (!nothrow) {
-      handler();
-      continue;
-    }
-    try {
-      handler();
-    } catch (...) {
-      return nullptr;
-    }
-  }
+  auto attempt = [&] { return tieralloc::poison::new_avoiding(size, alignment); };
+  if (void* p = attempt()) return p;
+  return tieralloc::alloc::retry_with_new_handler(attempt, nothrow);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
+#include <new>
 #include <random>
 #include <thread>
 #include <cstring>
@@ -158,6 +159,28 @@ TEST(LargeBlocks, DoubleFreeIsCaughtNotHandedOutTwice) {
         if (a == b) fprintf(stderr, "handed out twice\n");
       },
       "double free");
+}
+
+int g_new_handler_calls = 0;
+void count_then_give_up() {
+  ++g_new_handler_calls;
+  std::set_new_handler(nullptr);
+}
+
+// operator new is tieralloc's (alloc/new.cc): a failed allocation calls the installed new-handler
+// and tries again, and throws std::bad_alloc (nothrow: returns nullptr) once there is none.
+TEST(Cxx, OperatorNewFollowsTheNewHandlerProtocol) {
+  if (!kMallocIsTieralloc) GTEST_SKIP() << "a sanitizer interposes operator new in this build";
+  volatile size_t impossible = size_t{1} << 62;
+  g_new_handler_calls = 0;
+  std::set_new_handler(count_then_give_up);
+  EXPECT_THROW((void)::operator new(impossible), std::bad_alloc);
+  EXPECT_EQ(g_new_handler_calls, 1);
+  g_new_handler_calls = 0;
+  std::set_new_handler(count_then_give_up);
+  EXPECT_EQ(::operator new(impossible, std::nothrow), nullptr);
+  EXPECT_EQ(g_new_handler_calls, 1);
+  std::set_new_handler(nullptr);
 }
 
 TEST(Placement, HintsPickFastestAndSlowest) {
