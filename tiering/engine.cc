@@ -131,6 +131,13 @@ const char* g_off_reason = "off: not started";
 // 4.5 us with it idle.
 constexpr size_t kSpanRuns = 64;
 
+// Whether [lo, hi) meets any of the n spans: a run is armed by one span at most.
+bool overlaps_spans(const Sampler::Span* spans, size_t n, uintptr_t lo, uintptr_t hi) {
+  for (size_t k = 0; k < n; ++k)
+    if (lo < spans[k].addr + spans[k].runs * kRunBytes && spans[k].addr < hi) return true;
+  return false;
+}
+
 size_t choose_spans(Engine& e, Sampler::Span* out, size_t max_spans, size_t want_runs) {
   static alloc::MappedRange ranges[4096];
   static unsigned char resident[kSpanRuns * kRunPages];
@@ -156,10 +163,7 @@ size_t choose_spans(Engine& e, Sampler::Span* out, size_t max_spans, size_t want
     const uintptr_t len = std::min(kSpanRuns, want_runs - runs) * kRunBytes;
     uintptr_t lo = end - first > len ? std::min(run, end - len) : first;
     uintptr_t hi = std::min(end, lo + len);
-    bool overlaps = false;
-    for (size_t k = 0; k < n; ++k)
-      overlaps |= lo < out[k].addr + out[k].runs * kRunBytes && out[k].addr < hi;
-    if (overlaps || hi <= lo || mincore(reinterpret_cast<void*>(lo), hi - lo, resident) != 0) continue;
+    if (overlaps_spans(out, n, lo, hi) || hi <= lo || mincore(reinterpret_cast<void*>(lo), hi - lo, resident) != 0) continue;
     bool any = false;
     for (size_t i = 0; i < (hi - lo) / 4096; ++i) any |= resident[i] & 1;
     if (!any) continue;
@@ -250,10 +254,7 @@ size_t target_sample_runs(Engine& e, Sampler::Span* spans, size_t n, size_t want
   size_t added = 0;
   for (size_t attempt = 0; attempt < 4 * want && added < want; ++attempt) {
     uintptr_t run = e.target_runs[e.rng() % e.target_runs.size()];
-    bool overlaps = false;
-    for (size_t k = 0; k < n + added && !overlaps; ++k)
-      overlaps = run < spans[k].addr + spans[k].runs * kRunBytes && spans[k].addr < run + kRunBytes;
-    if (overlaps || !run_managed(run)) continue;
+    if (overlaps_spans(spans, n + added, run, run + kRunBytes) || !run_managed(run)) continue;
     spans[n + added] = Sampler::Span{run, 1};
     targeted[added++] = run;
   }
