@@ -760,6 +760,8 @@ bool heap_use_huge_pages() {
   size_t n = std::min<size_t>(g_ranges.copy(ranges, 4096), 4096);
   bool ok = true;
   for (size_t i = 0; i < n; ++i) ok &= os::advise_huge_pages(reinterpret_cast<void*>(ranges[i].addr), ranges[i].len);
+  // Refused (a kernel without THP): later extents need not ask again.
+  if (!ok) g_heap.huge_pages.store(false, std::memory_order_seq_cst);
   return ok;
 }
 
